@@ -1,0 +1,40 @@
+"""`dianjing` command line: one thin module per subcommand; each parses, loads config, calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dianjing import __version__
+from dianjing.errors import DianjingError
+
+COMMANDS = ("train", "validate", "chat", "export")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(
+        prog="dianjing", description="點睛 dianjing — instruction fine-tuning of pre-trained language models.")
+    parser.add_argument("--version", action="version", version=f"dianjing {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from dianjing.cli import chat, export, train, validate
+
+    for mod in (train, validate, chat, export):
+        mod.add_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except DianjingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,160 @@
+"""The run configuration: pydantic models with extra="forbid", YAML + --set overrides.
+
+A typo in a YAML key or a wrong type fails here, before any work starts, naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dianjing.errors import ConfigError
+
+DEFAULT_MODEL = "gemma-3-270m"
+DEFAULT_DATA = "builtin:default"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataFile(_Strict):
+    path: str
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = "auto"
+
+
+class ModelConfig(_Strict):
+    name: str = Field(DEFAULT_MODEL, description="HF folder, hub id, .gguf file, or 'gemma-3-270m'")
+    trust_remote_code: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 frozen weights where the CPU/GPU supports bf16, else fp32")
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+class DataConfig(_Strict):
+    files: list[DataFile] = Field(default_factory=lambda: [DataFile(path=DEFAULT_DATA)])
+    template: str = Field("auto", description="auto | model | plain | chatml | vicuna | alpaca")
+    system_prompt: str | None = None
+    max_length: int = Field(512, ge=8)
+    loss_on: Literal["assistant", "last", "all"] = "assistant"
+    on_error: Literal["stop", "skip"] = "stop"
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    max_examples: int | None = Field(None, ge=1)
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _paths_as_files(cls, v: Any) -> Any:
+        if isinstance(v, (str, dict)):
+            v = [v]
+        if isinstance(v, list):
+            return [{"path": x} if isinstance(x, str) else x for x in v]
+        return v
+
+
+class AdapterConfig(_Strict):
+    method: Literal["lora", "dora", "ia3", "prompt_tuning", "full"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: float = 32.0
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
+    num_virtual_tokens: int = Field(20, ge=1)
+
+
+class TrainConfig(_Strict):
+    output_dir: str | None = Field(None, description="default: runs/<date>-<time>")
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 42
+    batching: Literal["length_grouped", "random", "sequential"] = "length_grouped"
+    logits: Literal["sparse", "dense"] = Field(
+        "sparse", description="sparse: output layer only at supervised positions")
+    log_every: int = Field(1, ge=1)
+    eval_every: int | None = Field(None, ge=1, description="default: once per epoch and at the end")
+    save_every: int | None = Field(None, ge=1, description="default: once per epoch and at the end")
+    keep_last_n: int = Field(2, ge=1)
+    threads: int | None = Field(None, ge=1)
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many NaN/inf steps in a row")
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    """Parse a --set value as YAML so numbers, booleans and lists work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one 'a.b.c=value' override to a nested dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set train.lr=1e-4")
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {assignment!r}: '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = _parse_value(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (optional), apply --set overrides, validate."""
+    tree: dict = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping with sections model/data/adapter/train")
+        tree = loaded
+    for o in overrides or []:
+        apply_override(tree, o)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

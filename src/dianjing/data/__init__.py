@@ -1,0 +1,1 @@
+"""Data: readers → formats → Conversation → template render (ids + loss mask) → batching."""

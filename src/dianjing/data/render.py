@@ -1,0 +1,146 @@
+"""Conversation → token ids + loss mask, in one pass, segment by segment.
+
+The template is rendered for growing prefixes of the conversation; the text an
+assistant turn adds (its answer and end token) is one supervised segment, the rest
+is context. Each segment is tokenised on its own and the ids are concatenated, which
+is also how generation sees it (prompt tokens, then generated tokens), so the mask
+cannot drift from the answer where tokens would merge across the boundary.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from dianjing.data.schema import Conversation
+from dianjing.data.templates import ChatTemplate
+from dianjing.errors import DataError
+
+
+@dataclass
+class Rendered:
+    input_ids: list[int]
+    mask: list[bool]  # True where the token is a target of the loss
+    source: str = ""
+    truncated: bool = False
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(self.mask)
+
+
+@dataclass
+class RenderStats:
+    total: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason → count
+    tokens: int = 0
+    supervised_tokens: int = 0
+
+    def summary(self) -> dict:
+        return {"examples": self.total, "kept": self.kept, "truncated": self.truncated,
+                "dropped": dict(self.dropped), "tokens": self.tokens,
+                "supervised_tokens": self.supervised_tokens}
+
+
+def segments(conv: Conversation, template: ChatTemplate, loss_on: str = "assistant") -> list[tuple[str, bool]]:
+    """Split the rendered conversation into (text, supervised) segments."""
+    msgs = conv.as_dicts()
+    full = template.render(msgs)
+    assistant_idx = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
+    if loss_on == "all":
+        return [(full, True)]
+    supervised_idx = assistant_idx[-1:] if loss_on == "last" else assistant_idx
+    spans: list[tuple[int, int]] = []
+    for i in supervised_idx:
+        if not conv.messages[i].train:
+            continue
+        head = template.render(msgs[:i], add_generation_prompt=True)
+        upto = template.render(msgs[: i + 1])
+        if not (full.startswith(head) and full.startswith(upto) and len(head) <= len(upto)):
+            raise DataError(
+                f"chat template '{template.name}' does not render the conversation prefix-stably "
+                "(an earlier turn renders differently once later turns exist), so the answer "
+                "tokens cannot be located", file=conv.source,
+                fix="use a built-in template: data.template=chatml (or plain)")
+        start, end = len(head), len(upto)
+        # whitespace after the end token belongs to the next turn, not to the answer
+        answer = full[start:end]
+        end = start + len(answer.rstrip())
+        spans.append((start, end))
+    out: list[tuple[str, bool]] = []
+    pos = 0
+    for start, end in spans:
+        if start > pos:
+            out.append((full[pos:start], False))
+        if end > start:
+            out.append((full[start:end], True))
+        pos = max(pos, end)
+    if pos < len(full):
+        out.append((full[pos:], False))
+    return out
+
+
+def render(conv: Conversation, tokenizer, template: ChatTemplate, max_length: int,
+           loss_on: str = "assistant") -> Rendered:
+    ids: list[int] = []
+    mask: list[bool] = []
+    for text, sup in segments(conv, template, loss_on):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids.extend(piece)
+        mask.extend([sup] * len(piece))
+    truncated = len(ids) > max_length
+    if truncated:
+        ids, mask = ids[:max_length], mask[:max_length]
+    # the first token is never a target (nothing predicts it)
+    if mask:
+        mask[0] = False
+    return Rendered(ids, mask, conv.source, truncated)
+
+
+def render_all(convs: list[Conversation], tokenizer, template: ChatTemplate, max_length: int,
+               loss_on: str = "assistant", stats: RenderStats | None = None) -> list[Rendered]:
+    """Render every conversation; drop (and count) those with nothing left to learn from."""
+    stats = stats if stats is not None else RenderStats()
+    kept = []
+    for conv in convs:
+        stats.total += 1
+        r = render(conv, tokenizer, template, max_length, loss_on)
+        if r.n_supervised == 0:
+            reason = ("no supervised token left after truncation to max_length"
+                      if r.truncated else "no supervised token (all assistant turns have loss_weight 0)")
+            stats.dropped[reason] += 1
+            continue
+        stats.truncated += r.truncated
+        stats.kept += 1
+        stats.tokens += len(r.input_ids)
+        stats.supervised_tokens += r.n_supervised
+        kept.append(r)
+    return kept
+
+
+def show(r: Rendered, tokenizer, color: bool = True) -> str:
+    """The example as text with the supervised tokens marked (green, or [[…]] without colour)."""
+    out, run, run_sup = [], [], None
+
+    def flush():
+        if not run:
+            return
+        text = tokenizer.decode(run, skip_special_tokens=False)
+        if run_sup:
+            out.append(f"[green]{_esc(text)}[/green]" if color else f"[[{text}]]")
+        else:
+            out.append(_esc(text) if color else text)
+
+    for tok, sup in zip(r.input_ids, r.mask):
+        if sup != run_sup:
+            flush()
+            run, run_sup = [], sup
+        run.append(tok)
+    flush()
+    return "".join(out)
+
+
+def _esc(text: str) -> str:
+    return text.replace("[", r"\[")

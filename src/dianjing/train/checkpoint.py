@@ -1,0 +1,134 @@
+"""Checkpoints that a kill cannot corrupt.
+
+A checkpoint is written into a temporary folder, every file flushed to disk, a
+COMPLETE marker with the files' SHA-256 sums written last, and only then renamed to
+checkpoints/step-N. Loading takes the newest checkpoint whose marker and sums check
+out, and says which ones it skipped and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dianjing.errors import DianjingError
+
+MARKER = "COMPLETE"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, meta: dict, keep_last_n: int) -> Path:
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = ckpt_root / f".tmp-step-{step:08d}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        meta = dict(meta, step=step, python_rng=_py_rng_to_json(random.getstate()))
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        sums = {}
+        for f in sorted(tmp.iterdir()):
+            _fsync_file(f)
+            sums[f.name] = _sha256(f)
+        (tmp / MARKER).write_text(json.dumps(sums, indent=1))
+        _fsync_file(tmp / MARKER)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        dfd = os.open(ckpt_root, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DianjingError(f"cannot write checkpoint {final}: {e.strerror or e}",
+                            fix="free disk space or choose another train.output_dir, then resume") from None
+    for old in list_checkpoints(ckpt_root)[:-keep_last_n]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    if not ckpt_root.exists():
+        return []
+    return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def verify(ckpt: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else the reason it is not."""
+    marker = ckpt / MARKER
+    if not marker.exists():
+        return "no completion marker (the save was interrupted)"
+    try:
+        sums = json.loads(marker.read_text())
+    except ValueError:
+        return "unreadable completion marker"
+    for name, digest in sums.items():
+        f = ckpt / name
+        if not f.exists():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest_checkpoint(ckpt_root: Path, log=print) -> Path | None:
+    for ckpt in reversed(list_checkpoints(ckpt_root)):
+        why = verify(ckpt)
+        if why is None:
+            return ckpt
+        log(f"skipping checkpoint {ckpt.name}: {why}")
+    return None
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+    state = load_file(str(ckpt / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise DianjingError(f"checkpoint {ckpt} does not fit this model: unknown parameters {missing[:3]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    torch.set_rng_state(opt["torch_rng"])
+    meta = json.loads((ckpt / "state.json").read_text())
+    random.setstate(_py_rng_from_json(meta.pop("python_rng")))
+    return meta
+
+
+def _py_rng_to_json(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_rng_from_json(data) -> tuple:
+    version, internal, gauss = data
+    return (version, tuple(internal), gauss)

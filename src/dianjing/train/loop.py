@@ -1,0 +1,319 @@
+"""The one training loop: LoRA, other PEFT methods and full fine-tuning all run through `train`.
+
+Follow it top to bottom: config → data → model + adapter → loss → steps → run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from dianjing.config import RunConfig, dump_config, load_config
+from dianjing.data.batching import collate, epoch_order
+from dianjing.data.load import load_conversations, split_eval
+from dianjing.data.render import RenderStats, render_all
+from dianjing.data.templates import choose_template
+from dianjing.errors import DianjingError
+from dianjing.models.adapters import attach, count_params
+from dianjing.models.load import load_model, load_tokenizer, pick_dtype, resolve_model
+from dianjing.train import checkpoint as ckpt
+from dianjing.train.loss import SFTLoss
+from dianjing.train.progress import Progress
+
+
+def lr_lambda(total: int, warmup: int, schedule: str):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        frac = (step - warmup) / max(1, total - warmup)
+        frac = min(max(frac, 0.0), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
+    return f
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _new_run_dir(cfg: RunConfig) -> Path:
+    if cfg.train.output_dir:
+        return Path(cfg.train.output_dir)
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise DianjingError(f"cannot write to the output folder {run_dir}: {e.strerror or e}",
+                            fix="choose a writable folder with --output-dir") from None
+
+
+class Trainer:
+    """Holds what the steps share; `run()` is the loop."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, log=print):
+        self.cfg, self.run_dir, self.log = cfg, run_dir, log
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        random.seed(t.seed)
+        torch.manual_seed(t.seed)
+
+        # data → conversations → ids + mask
+        self.model_path = resolve_model(cfg.model.name, log=log)
+        self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code, log=log)
+        self.template, why = choose_template(cfg.data.template, self.tokenizer)
+        log(why)
+        convs, self.load_report = load_conversations(cfg.data, log=log)
+        train_convs, eval_convs = split_eval(convs, cfg.data.eval_fraction, t.seed)
+        self.render_stats = RenderStats()
+        self.train_set = render_all(train_convs, self.tokenizer, self.template, cfg.data.max_length,
+                                    cfg.data.loss_on, self.render_stats)
+        self.eval_set = render_all(eval_convs, self.tokenizer, self.template, cfg.data.max_length,
+                                   cfg.data.loss_on)
+        if not self.train_set:
+            raise DianjingError("no training example has a supervised token left",
+                                fix="raise data.max_length; `dianjing validate` shows the examples")
+        rs = self.render_stats
+        log(f"data: {rs.kept} training examples ({rs.tokens} tokens, {rs.supervised_tokens} supervised), "
+            f"{len(self.eval_set)} held out; truncated {rs.truncated}; dropped {sum(rs.dropped.values())}"
+            + "".join(f"\n  dropped {n}: {why}" for why, n in rs.dropped.items())
+            + "".join(f"\n  skipped {n} records: {why}" for why, n in self.load_report.skipped.items()))
+
+        # model + adapter
+        self.dtype = pick_dtype(cfg.model.precision)
+        full = cfg.adapter.method == "full"
+        # Frozen weights can live in bf16; weights that are trained keep fp32 masters (autocast instead).
+        load_dtype = torch.float32 if full else self.dtype
+        self.autocast = full and self.dtype == torch.bfloat16
+        base = load_model(self.model_path, load_dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation)
+        base.config.use_cache = False
+        if cfg.model.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(base, "enable_input_require_grads"):
+                base.enable_input_require_grads()
+        if not full:
+            for p in base.parameters():
+                p.requires_grad_(False)
+        self.model = attach(base, cfg.adapter)
+        for p in self.model.parameters():  # adapters train in fp32 whatever the base dtype
+            if p.requires_grad and p.dtype != torch.float32 and not full:
+                p.data = p.data.float()
+        self.model.train()
+        trainable, total = count_params(self.model)
+        log(f"model: {self.model_path} ({total / 1e6:.1f}M parameters, {str(self.dtype).split('.')[-1]}), "
+            f"{cfg.adapter.method}: {trainable / 1e6:.2f}M trainable ({100 * trainable / total:.2f}%)")
+        self.loss_fn = SFTLoss(self.model, t.logits, log=log)
+        log(f"logits: {self.loss_fn.mode}")
+
+        # optimiser and schedule
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.lengths = [len(e.input_ids) for e in self.train_set]
+        self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
+        self.steps_per_epoch = max(1, self.batches_per_epoch // t.grad_accum)
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        warmup = int(t.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.total_steps, warmup, t.schedule))
+        self.eval_every = t.eval_every or self.steps_per_epoch
+        self.save_every = t.save_every or self.steps_per_epoch
+        self._orders: dict[int, list[list[int]]] = {}
+        n_params_body = total - (self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0)
+        self.flops_per_token = 6 * n_params_body
+        self.flops_per_target = 6 * (self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0)
+
+    # -- data position -------------------------------------------------------------
+    def micro_batch(self, k: int) -> dict:
+        """The k-th micro-batch of the run, counted across epochs."""
+        epoch, i = divmod(k, self.batches_per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: epoch_order(self.lengths, self.cfg.train.batch_size, epoch,
+                                               self.cfg.train.seed, self.cfg.train.batching)}
+        idx = self._orders[epoch][i]
+        return collate([self.train_set[j] for j in idx], self.tokenizer.pad_token_id)
+
+    def _forward(self, batch):
+        if self.autocast:
+            with torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16):
+                return self.loss_fn(batch)
+        return self.loss_fn(batch)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if not self.eval_set:
+            return None
+        self.model.eval()
+        tot, n = 0.0, 0
+        bs = self.cfg.train.batch_size
+        for s in range(0, len(self.eval_set), bs):
+            loss, k = self._forward(collate(self.eval_set[s:s + bs], self.tokenizer.pad_token_id))
+            tot, n = tot + float(loss), n + k
+        self.model.train()
+        return tot / max(1, n)
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        ckpt_root = self.run_dir / "checkpoints"
+        metrics_path = self.run_dir / "metrics.jsonl"
+        state = {"step": 0, "tokens": 0, "supervised_tokens": 0, "elapsed_s": 0.0, "bad_steps": 0,
+                 "skipped_steps": 0}
+        if resume:
+            last = ckpt.latest_checkpoint(ckpt_root, log=self.log)
+            if last is None:
+                self.log("no complete checkpoint to resume from; starting from step 0")
+            else:
+                state.update(ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler))
+                self.log(f"resumed from {last.name} (step {state['step']})")
+        _truncate_metrics(metrics_path, state["step"])
+        step = state["step"]
+        t_start = time.perf_counter() - state["elapsed_s"]
+        bar = Progress(self.total_steps, start=step)
+        window_t, window_tok = time.perf_counter(), 0
+        with open(metrics_path, "a", encoding="utf-8") as metrics:
+            while step < self.total_steps:
+                batches = [self.micro_batch(step * t.grad_accum + a) for a in range(t.grad_accum)]
+                n_targets = sum(int(b["mask"][:, 1:].sum()) for b in batches)
+                step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+                total_loss = 0.0
+                for b in batches:
+                    loss_sum, _ = self._forward(b)
+                    (loss_sum / max(1, n_targets)).backward()
+                    total_loss += float(loss_sum.detach())
+                loss = total_loss / max(1, n_targets)
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                if t.max_grad_norm:
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
+                else:
+                    gnorm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+                if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                    # a bad step changes nothing: gradients are dropped, the data moves on
+                    self.optimizer.zero_grad(set_to_none=True)
+                    state["bad_steps"] += 1
+                    state["skipped_steps"] += 1
+                    self.log(f"step {step + 1}: loss {loss} / grad norm {gnorm} is not finite; step skipped "
+                             f"({state['bad_steps']} in a row)")
+                    if state["bad_steps"] >= t.max_bad_steps:
+                        raise DianjingError(
+                            f"{state['bad_steps']} steps in a row had a NaN/inf loss or gradient; stopping",
+                            fix="lower train.lr, use model.precision=fp32, or check the data; the last "
+                                f"checkpoint in {ckpt_root} is intact")
+                    step += 1
+                    state["step"] = step
+                    self.scheduler.step()
+                    continue
+                state["bad_steps"] = 0
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                state["step"] = step
+                state["tokens"] += step_tokens
+                state["supervised_tokens"] += n_targets
+                window_tok += step_tokens
+                now = time.perf_counter()
+                state["elapsed_s"] = now - t_start
+                if step % t.log_every == 0 or step == self.total_steps:
+                    tps = window_tok / max(1e-9, now - window_t)
+                    window_t, window_tok = now, 0
+                    rec = {"step": step, "epoch": round(step * t.grad_accum / self.batches_per_epoch, 4),
+                           "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": round(gnorm, 6), "tokens": state["tokens"],
+                           "supervised_tokens": state["supervised_tokens"], "tokens_per_s": round(tps, 2),
+                           "elapsed_s": round(state["elapsed_s"], 3)}
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
+                    bar.update(step, loss=loss, tokens_per_s=tps)
+                if step % self.eval_every == 0 or step == self.total_steps:
+                    ev = self.evaluate()
+                    if ev is not None:
+                        metrics.write(json.dumps({"step": step, "eval_loss": round(ev, 6),
+                                                  "elapsed_s": round(state["elapsed_s"], 3)}) + "\n")
+                        metrics.flush()
+                        state["eval_loss"] = ev
+                        bar.note(f"step {step}: eval loss {ev:.4f}")
+                if step % self.save_every == 0 or step == self.total_steps:
+                    ckpt.save_checkpoint(ckpt_root, step, self.model, self.optimizer, self.scheduler,
+                                         state, t.keep_last_n)
+        bar.close()
+        return state
+
+    # -- the run folder -------------------------------------------------------------
+    def save_outputs(self, state: dict) -> dict:
+        out = self.run_dir
+        if self.cfg.adapter.method == "full":
+            self.model.save_pretrained(str(out / "model"), safe_serialization=True)
+        else:
+            self.model.save_pretrained(str(out / "adapter"))
+        self.tokenizer.save_pretrained(str(out / "tokenizer"))
+        (out / "template.json").write_text(json.dumps(self.template.to_json(), indent=1, ensure_ascii=False))
+        (out / "run.json").write_text(json.dumps({
+            "base_model": self.model_path, "model_name": self.cfg.model.name,
+            "method": self.cfg.adapter.method, "dtype": str(self.dtype).split(".")[-1]}, indent=1))
+        flops = self.flops_per_token * state["tokens"] + self.flops_per_target * state["supervised_tokens"]
+        summary = {
+            "steps": state["step"],
+            "tokens": state["tokens"], "supervised_tokens": state["supervised_tokens"],
+            "wall_time_s": round(state["elapsed_s"], 2),
+            "tokens_per_s": round(state["tokens"] / max(1e-9, state["elapsed_s"]), 2),
+            "estimated_flops": flops, "peak_rss_mb": round(peak_rss_mb(), 1),
+            "skipped_steps": state["skipped_steps"], "final_eval_loss": state.get("eval_loss"),
+            "data": self.render_stats.summary(), "skipped_records": dict(self.load_report.skipped),
+            "files": self.load_report.files, "logits": self.loss_fn.mode,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint we resume from, so the file is one clean history."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue  # a line cut by a kill
+    path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+
+
+def train(cfg: RunConfig, log=print) -> tuple[Path, dict]:
+    """Fine-tune according to cfg; returns the run folder and the summary."""
+    run_dir = _new_run_dir(cfg)
+    _check_writable(run_dir)
+    if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        raise DianjingError(f"{run_dir} already holds a run",
+                            fix=f"resume it with `dianjing train --resume {run_dir}` or choose another --output-dir")
+    cfg.train.output_dir = str(run_dir)
+    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    trainer = Trainer(cfg, run_dir, log=log)
+    state = trainer.run(resume=False)
+    return run_dir, trainer.save_outputs(state)
+
+
+def resume(run_dir: Path, log=print) -> tuple[Path, dict]:
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise DianjingError(f"{run_dir} is not a dianjing run folder (no config.yaml)",
+                            fix="pass the folder that `dianjing train` printed")
+    cfg = load_config(cfg_path)
+    trainer = Trainer(cfg, run_dir, log=log)
+    state = trainer.run(resume=True)
+    return run_dir, trainer.save_outputs(state)

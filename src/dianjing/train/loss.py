@@ -1,0 +1,120 @@
+"""The SFT loss: cross-entropy on the supervised tokens only.
+
+The sparse path runs the transformer body, keeps the hidden states at the positions
+whose next token is supervised, and applies the output layer there alone, in chunks,
+computing the gradient in the same pass (the full [batch, length, vocab] logits
+tensor never exists). With Gemma's 262k-word vocabulary the output layer over every
+position is most of a step's work; over the answer tokens only it is a fraction.
+The dense path (the model's own forward) is kept as the reference and as a fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 25  # logits computed per chunk: rows × vocab ≤ 32M floats (128 MB)
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(softcap(h_i W^T + b), y_i), with gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, targets, softcap):
+        n, vocab = h.shape[0], weight.shape[0]
+        chunk = max(1, CHUNK_ELEMENTS // vocab)
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], (
+            bias is not None and ctx.needs_input_grad[2])
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=torch.float32) if need_b else None
+        total = torch.zeros((), dtype=torch.float32)
+        for s in range(0, n, chunk):
+            hc, yc = h[s:s + chunk], targets[s:s + chunk]
+            z = (hc @ weight.t()).float()
+            if bias is not None:
+                z += bias.float()
+            if softcap:
+                t = torch.tanh(z / softcap)
+                z = t * softcap
+            lse = torch.logsumexp(z, dim=-1)
+            total += (lse - z.gather(1, yc[:, None]).squeeze(1)).sum()
+            if not (need_h or need_w or need_b):
+                continue
+            g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            g[torch.arange(g.shape[0]), yc] -= 1.0
+            if softcap:
+                g.mul_(1.0 - t * t)
+            if need_b:
+                grad_b += g.sum(0)
+            g = g.to(weight.dtype)
+            if need_h:
+                grad_h[s:s + chunk] = g @ weight
+            if need_w:
+                grad_w += (g.t() @ hc).float()
+        ctx.save_for_backward(*(x for x in (grad_h, grad_w, grad_b) if x is not None))
+        ctx.has = (need_h, need_w, need_b)
+        ctx.w_dtype, ctx.h_dtype = weight.dtype, h.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = list(ctx.saved_tensors)
+        need_h, need_w, need_b = ctx.has
+        gh = saved.pop(0) * grad_out.to(ctx.h_dtype) if need_h else None
+        gw = (saved.pop(0) * grad_out).to(ctx.w_dtype) if need_w else None
+        gb = (saved.pop(0) * grad_out).to(ctx.w_dtype) if need_b else None
+        return gh, gw, gb, None, None
+
+
+def _parts(model):
+    """The transformer body, the output layer and the logit soft-cap of a causal LM (or PEFT wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    head = base.get_output_embeddings()
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    return decoder, head, softcap
+
+
+class SFTLoss:
+    """Callable: batch → (sum of token losses, number of target tokens)."""
+
+    def __init__(self, model, mode: str = "sparse", log=print):
+        self.model = model
+        self.mode = mode
+        self.decoder, self.head, self.softcap = _parts(model)
+        prompt_learning = getattr(getattr(model, "peft_config", {}).get("default", None), "is_prompt_learning", False)
+        if mode == "sparse" and (self.decoder is None or self.head is None or prompt_learning):
+            log("logits: dense (this model/adapter does not expose its body and output layer separately)")
+            self.mode = "dense"
+        elif mode == "sparse" and not self.verify():
+            log("logits: dense (the sparse output layer did not reproduce this model's logits)")
+            self.mode = "dense"
+
+    @torch.no_grad()
+    def verify(self) -> bool:
+        """Check on a short random sequence that body + head reproduce the model's own logits."""
+        vocab = self.head.weight.shape[0]
+        ids = torch.randint(0, min(vocab, 1000), (1, 12), generator=torch.Generator().manual_seed(0))
+        ref = self.model(input_ids=ids).logits[0].float()
+        h = self.decoder(input_ids=ids).last_hidden_state[0]
+        z = self.head(h).float()
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return ref.shape == z.shape and torch.allclose(ref, z, atol=1e-3 * max(1.0, ref.abs().max().item()))
+
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, int]:
+        ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["mask"]
+        tmask = mask[:, 1:]
+        targets = ids[:, 1:][tmask]
+        n = int(targets.numel())
+        if self.mode == "sparse":
+            h = self.decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+            hs = h[:, :-1][tmask]
+            w = self.head.weight
+            b = getattr(self.head, "bias", None)
+            loss = FusedLinearCrossEntropy.apply(hs, w, b, targets, self.softcap)
+            return loss, n
+        logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        logits = logits[:, -ids.shape[1]:]  # prompt tuning prepends virtual tokens
+        z = logits[:, :-1][tmask].float()
+        return torch.nn.functional.cross_entropy(z, targets, reduction="sum"), n

@@ -1,0 +1,65 @@
+"""Tiny random models and a locally trained tokenizer, so tests never touch the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = [
+    "USER: What is the capital of France? AI: Paris is the capital of France.",
+    "Translate to English: 你好，世界 → Hello, world. 我是點睛，一個 AI 助理。",
+    "The quick brown fox jumps over the lazy dog. 1 + 2 = 3. Who are you? I am Dianjing.",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n",
+    "### Instruction:\nSay hi.\n\n### Response:\nHi! ASSISTANT: USER: emoji 🙂 ok",
+]
+
+
+def build_tokenizer(folder: Path, *, pad: bool = True, chat_template: str | None = None, bos: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS * 20, trainer)
+    kw = dict(tokenizer_object=tk, eos_token="</s>", unk_token="<unk>")
+    if bos:
+        kw["bos_token"] = "<s>"
+    if pad:
+        kw["pad_token"] = "<pad>"
+    tok = PreTrainedTokenizerFast(**kw)
+    if chat_template:
+        tok.chat_template = chat_template
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+def build_model(folder: Path, *, kind: str = "llama", pad: bool = True, chat_template: str | None = None,
+                seed: int = 0) -> Path:
+    """A 2-layer random causal LM (hidden 32) with its tokenizer, saved as an HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(folder, pad=pad, chat_template=chat_template)
+    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    if kind == "llama":
+        from transformers import LlamaConfig
+
+        cfg = LlamaConfig(**common, tie_word_embeddings=False)
+    elif kind == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(**common, head_dim=8, final_logit_softcapping=30.0, sliding_window=16,
+                               tie_word_embeddings=True)
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(str(folder))
+    return folder
