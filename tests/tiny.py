@@ -47,7 +47,9 @@ def build_model(folder: Path, *, kind: str = "llama", pad: bool = True, chat_tem
     common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                  pad_token_id=tok.pad_token_id)
+                  pad_token_id=tok.pad_token_id, initializer_range=0.2)
+    # a larger init than the 0.02 default: with a frozen random output layer of norm ~0.1, LoRA
+    # alone could not make any prediction confident and "the loss goes down" would be vacuous
     if kind == "llama":
         from transformers import LlamaConfig
 

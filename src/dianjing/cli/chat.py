@@ -32,6 +32,10 @@ def run(args) -> int:
         history.append({"role": "user", "content": text})
         parts = []
         for piece in stream(model, tok, prompt_ids(tok, template, history), params, template.stop_strings):
+            if not parts:
+                piece = piece.lstrip()  # templates like "AI: answer" put a space before the answer
+                if not piece:
+                    continue
             sys.stdout.write(piece)
             sys.stdout.flush()
             parts.append(piece)

