@@ -158,12 +158,30 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, log=print):
     return tok
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_weights(path: str) -> None:
+    """Weights are read from safetensors only: a pickle file can run code when loaded."""
+    p = Path(path)
+    if not p.is_dir():
+        return  # a hub id: use_safetensors=True makes from_pretrained refuse pickle files
+    if not any(p.glob("*.safetensors")) and any(f.suffix in PICKLE_SUFFIXES for f in p.iterdir()):
+        raise ModelError(
+            f"{p} holds only pickle-based weights ({', '.join(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)}), "
+            "which can run arbitrary code when loaded; dianjing loads safetensors only",
+            fix="convert them once in a trusted environment: "
+                "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)")
+
+
 def load_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False, attn: str = "sdpa"):
     from transformers import AutoModelForCausalLM
 
+    refuse_pickle_weights(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn)
+            path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn,
+            use_safetensors=True)
     except OSError as e:
         raise ModelError(f"cannot load a model from {path}: {e}") from None
     return model

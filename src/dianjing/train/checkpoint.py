@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -47,6 +48,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, met
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        _fault_point("checkpoint-half-written", step)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         meta = dict(meta, step=step, python_rng=_py_rng_to_json(random.getstate()))
@@ -71,6 +73,16 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, met
     for old in list_checkpoints(ckpt_root)[:-keep_last_n]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fault_point(name: str, step: int) -> None:
+    """Fault injection for the crash tests: DIANJING_FAULT=checkpoint-half-written:STEP
+    kills this process with SIGKILL at that point of that step's save."""
+    want = os.environ.get("DIANJING_FAULT")
+    if want and want == f"{name}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -115,7 +127,12 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t)
-    opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    try:
+        opt = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DianjingError(f"{ckpt / 'optimizer.pt'} holds objects other than tensors and plain data; "
+                            f"refused to load it ({str(e).splitlines()[0][:120]})",
+                            fix=f"delete {ckpt} to resume from the checkpoint before it") from None
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     torch.set_rng_state(opt["torch_rng"])

@@ -11,6 +11,7 @@ import os
 import random
 import resource
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -210,10 +211,14 @@ class Trainer:
                     self.log(f"step {step + 1}: loss {loss} / grad norm {gnorm} is not finite; step skipped "
                              f"({state['bad_steps']} in a row)")
                     if state["bad_steps"] >= t.max_bad_steps:
+                        state["step"] = step + 1  # the bad batches are not retried on resume
+                        self.scheduler.step()
+                        ckpt.save_checkpoint(ckpt_root, step + 1, self.model, self.optimizer, self.scheduler,
+                                             state, t.keep_last_n)
                         raise DianjingError(
                             f"{state['bad_steps']} steps in a row had a NaN/inf loss or gradient; stopping",
-                            fix="lower train.lr, use model.precision=fp32, or check the data; the last "
-                                f"checkpoint in {ckpt_root} is intact")
+                            fix="lower train.lr, use model.precision=fp32, or check the data; the weights "
+                                f"before these steps are saved in {ckpt_root} (resume with --resume)")
                     step += 1
                     state["step"] = step
                     self.scheduler.step()
@@ -295,6 +300,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
 
 
+@contextmanager
+def _disk_errors(run_dir: Path):
+    """A full disk or a folder that became unwritable: say which path, and how to continue."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or run_dir
+        raise DianjingError(f"cannot write {where}: {e.strerror or e}",
+                            fix=f"free disk space, then `dianjing train --resume {run_dir}` continues from the "
+                                "last complete checkpoint") from None
+
+
 def train(cfg: RunConfig, log=print) -> tuple[Path, dict]:
     """Fine-tune according to cfg; returns the run folder and the summary."""
     run_dir = _new_run_dir(cfg)
@@ -305,8 +322,9 @@ def train(cfg: RunConfig, log=print) -> tuple[Path, dict]:
     cfg.train.output_dir = str(run_dir)
     (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     trainer = Trainer(cfg, run_dir, log=log)
-    state = trainer.run(resume=False)
-    return run_dir, trainer.save_outputs(state)
+    with _disk_errors(run_dir):
+        state = trainer.run(resume=False)
+        return run_dir, trainer.save_outputs(state)
 
 
 def resume(run_dir: Path, log=print) -> tuple[Path, dict]:
@@ -316,5 +334,6 @@ def resume(run_dir: Path, log=print) -> tuple[Path, dict]:
                             fix="pass the folder that `dianjing train` printed")
     cfg = load_config(cfg_path)
     trainer = Trainer(cfg, run_dir, log=log)
-    state = trainer.run(resume=True)
-    return run_dir, trainer.save_outputs(state)
+    with _disk_errors(run_dir):
+        state = trainer.run(resume=True)
+        return run_dir, trainer.save_outputs(state)

