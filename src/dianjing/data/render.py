@@ -37,6 +37,7 @@ class RenderStats:
     dropped: Counter = field(default_factory=Counter)  # reason → count
     tokens: int = 0
     supervised_tokens: int = 0
+    first_errors: list = field(default_factory=list)
 
     def summary(self) -> dict:
         return {"examples": self.total, "kept": self.kept, "truncated": self.truncated,
@@ -82,8 +83,21 @@ def segments(conv: Conversation, template: ChatTemplate, loss_on: str = "assista
     return out
 
 
+def check_no_control_tokens(conv: Conversation, tokenizer) -> None:
+    """Text that spells a special token ("</s>", "<|im_end|>") would be read as that control token
+    (an injected end of turn); such an example is rejected and counted, not silently changed."""
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    for k, m in enumerate(conv.messages):
+        for t in specials:
+            if t in m.content:
+                raise DataError(f"message {k + 1} ({m.role}) contains the special token {t!r}, which would be "
+                                "read as a control token", file=conv.source or None,
+                                fix="remove or escape it in the data")
+
+
 def render(conv: Conversation, tokenizer, template: ChatTemplate, max_length: int,
            loss_on: str = "assistant") -> Rendered:
+    check_no_control_tokens(conv, tokenizer)
     ids: list[int] = []
     mask: list[bool] = []
     for text, sup in segments(conv, template, loss_on):
@@ -106,7 +120,14 @@ def render_all(convs: list[Conversation], tokenizer, template: ChatTemplate, max
     kept = []
     for conv in convs:
         stats.total += 1
-        r = render(conv, tokenizer, template, max_length, loss_on)
+        try:
+            r = render(conv, tokenizer, template, max_length, loss_on)
+        except DataError as e:
+            reason = "the text contains a special token" if "special token" in e.message else e.message
+            stats.dropped[reason] += 1
+            if len(stats.first_errors) < 5:
+                stats.first_errors.append(str(e))
+            continue
         if r.n_supervised == 0:
             reason = ("no supervised token left after truncation to max_length"
                       if r.truncated else "no supervised token (all assistant turns have loss_weight 0)")
