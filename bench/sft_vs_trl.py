@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1, help="alternating rounds per side")
     ap.add_argument("--dianjing-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra dianjing config for lever experiments, e.g. model.gradient_checkpointing=true")
+    ap.add_argument("--sides", nargs="+", choices=["dianjing", "trl"], default=["dianjing", "trl"],
+                    help="run only one side (lever experiments); ratios need both")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -227,7 +229,7 @@ def main() -> None:
             sp.write_text(json.dumps(spec))
             results: dict[str, list] = {"dianjing": [], "trl": []}
             for rep in range(args.reps):
-                for side in ("dianjing", "trl"):
+                for side in args.sides:
                     print(f"[{workload}] round {rep + 1}: {side} …", flush=True)
                     p = subprocess.run([sys.executable, __file__, "--worker", side, str(sp)],
                                        capture_output=True, text=True)
@@ -236,7 +238,12 @@ def main() -> None:
                         print(p.stderr[-3000:])
                         raise SystemExit(f"{side} failed")
                     results[side].append(summarise(json.loads(line[-1][7:]), flops_tok, flops_sup, peak32))
-        best = {s: max(r, key=lambda x: x["tokens_per_s"]) for s, r in results.items()}
+        best = {s: max(r, key=lambda x: x["tokens_per_s"]) for s, r in results.items() if r}
+        if len(best) == 1:
+            (side, r), = best.items()
+            print(f"{workload} {side}: {r['tokens_per_s']:.1f} tokens/s, {r['s_per_step']:.2f} s/step, "
+                  f"peak {r['peak_rss_mb'] / 1024:.2f} GiB, MFU {100 * r['mfu']:.1f}%, losses {r['losses']}")
+            continue
         d, t = best["dianjing"], best["trl"]
         diff = max(abs(a - b) for a, b in zip(d["losses"], t["losses"]))
         print(f"\n{workload} on {args.model}: {len(examples)} examples, batch {args.batch_size}, "

@@ -32,7 +32,8 @@ class ModelConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 frozen weights where the CPU/GPU supports bf16, else fp32")
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        True, description="recompute activations in backward: 12.5 → 4.9 GiB peak for 5% time (Gemma, batch 8×512)")
 
 
 class DataConfig(_Strict):
