@@ -1,0 +1,385 @@
+"""The generation engine behind `dianjing serve`: the models in memory and the batching worker.
+
+`load_models` puts one base model in memory with the adapters of several runs on it (PEFT
+named adapters); `ModelSet.activate` switches between them. `Batcher` is continuous batching:
+one worker thread runs the model for every request.
+
+Requests wait in a queue. Between two decoding steps the worker admits waiting requests for
+the adapter the running batch uses: it runs their prompts as one left-padded batch (prefill)
+and joins their KV cache to the running one (`generate.merge`). Each step then feeds one token
+per row; a row leaves the batch at EOS, a stop string, its token limit or when its client goes
+away, and the others carry on. Requests for another adapter wait until the running batch has
+drained, so one busy adapter cannot starve the others.
+
+The worker reports back through each request's `emit` callback (thread-safe, e.g. a
+`loop.call_soon_threadsafe` onto an asyncio queue) with these events:
+
+    ("text", choice_index, piece)                      a piece of generated text
+    ("done", choice_index, finish_reason, n_tokens)   "stop" or "length"; tokens generated
+    ("error", message, http_status)                    the request failed; no more events
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dianjing.data.templates import ChatTemplate, choose_template
+from dianjing.errors import DianjingError
+from dianjing.infer.generate import (KVBatch, SamplingParams, TextStream, can_rearrange, decode_step, eos_ids,
+                                     merge, prefill, sample_rows, select)
+from dianjing.infer.load import is_run, load_run
+from dianjing.models.load import load_model, load_tokenizer, pick_dtype, resolve_model
+
+MAX_PREFILL_TOKENS = 16384  # padded prompt tokens admitted in one prefill (bounds its memory)
+BASE = "base"
+ADAPTER_METHODS = ("lora", "dora", "ia3")  # adapters PEFT can hold side by side and switch per batch
+
+
+# --- the models in memory ------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """A name a request can ask for: an adapter on the base model (or the base itself)."""
+
+    name: str
+    adapter: str | None  # PEFT adapter name; None = the model's own weights
+    tokenizer: object
+    template: ChatTemplate
+    eos: set[int]
+
+
+class ModelSet:
+    """One model in memory and the names it answers to; `activate` switches adapters."""
+
+    def __init__(self, model, served: list[Served]):
+        self.model, self.served = model, {s.name: s for s in served}
+        self.peft = any(s.adapter for s in served)
+        self._active: str | None = None
+        cfg = getattr(model, "config", None)
+        self.context_length = int(getattr(cfg, "max_position_embeddings", None) or 1 << 20)
+        self.pad_id = served[0].tokenizer.pad_token_id
+
+    def activate(self, name: str) -> None:
+        """Make the next forward pass use `name`'s adapter (called by the worker thread only)."""
+        if name == self._active:
+            return
+        adapter = self.served[name].adapter
+        if self.peft:
+            if adapter is None:
+                self.model.base_model.disable_adapter_layers()
+            else:
+                self.model.base_model.enable_adapter_layers()
+                self.model.set_adapter(adapter, inference_mode=True)
+        self._active = name
+
+
+def _served(name: str, adapter: str | None, model, tok, template: ChatTemplate) -> Served:
+    return Served(name, adapter, tok, template, eos_ids(model, tok))
+
+
+def load_models(targets: list[str], precision: str = "auto", log: Callable[[str], None] = print) -> ModelSet:
+    """Load run folders that share a base model (as named adapters), or one bare model / full run."""
+    runs = [Path(t) for t in targets if is_run(t)]
+    bare = [t for t in targets if not is_run(t)]
+    if not runs:
+        if len(bare) > 1:
+            raise DianjingError(f"serve takes one bare model, got {len(bare)}: {', '.join(bare)}",
+                                fix="start one server per model (each with its own --port)")
+        model, tok, template = load_run(bare[0], precision, log=log)
+        return ModelSet(model, [_served(BASE, None, model, tok, template)])
+    names = [p.resolve().name for p in runs]
+    if len(set(names)) < len(names) or BASE in names:
+        raise DianjingError(f"requests pick a run by its folder name, and these clash: {', '.join(names)}",
+                            fix=f"rename the run folders so each name is unique and none is '{BASE}'")
+    infos = {p: json.loads((p / "run.json").read_text()) for p in runs}
+    for p, info in infos.items():
+        if info["method"] == "full" and len(targets) > 1:
+            raise DianjingError(f"{p} is a full fine-tune with its own weights, so it cannot share a base "
+                                "model with other runs", fix=f"serve it alone: dianjing serve {p}")
+        if info["method"] not in (*ADAPTER_METHODS, "full"):
+            raise DianjingError(f"{p} has a {info['method']} adapter; serve supports {', '.join(ADAPTER_METHODS)} "
+                                "adapters and full fine-tunes", fix=f"talk to it with: dianjing chat {p}")
+    if infos[runs[0]]["method"] == "full":
+        model, tok, template = load_run(runs[0], precision, log=log)
+        return ModelSet(model, [_served(names[0], None, model, tok, template)])
+    bases = {info["base_model"] for info in infos.values()}
+    if len(bases) > 1:
+        raise DianjingError("the runs were trained on different base models: "
+                            + "; ".join(f"{p.name}: {i['base_model']}" for p, i in infos.items()),
+                            fix="serve the runs of each base model in their own server (each with its own --port)")
+    base_path = bases.pop()
+    for b in bare:
+        if Path(resolve_model(b, log=log)).resolve() != Path(base_path).resolve():
+            raise DianjingError(f"{b} is not the base model of the runs ({base_path})",
+                                fix="leave it out: the runs' base model is served as 'base' anyway")
+    kinds = {json.loads((p / "adapter" / "adapter_config.json").read_text())["peft_type"] for p in runs}
+    if len(kinds) > 1:
+        raise DianjingError(f"the runs use different adapter types ({', '.join(sorted(kinds))}); one server "
+                            "holds adapters of one type", fix="serve each type in its own server")
+    from peft import PeftModel
+
+    model = load_model(base_path, pick_dtype(precision))
+    served = []
+    for i, (p, name) in enumerate(zip(runs, names)):
+        adapter = f"adapter_{i}"  # PEFT adapter names become module keys: no dots allowed, so not `name`
+        if i == 0:
+            model = PeftModel.from_pretrained(model, str(p / "adapter"), adapter_name=adapter)
+        else:
+            model.load_adapter(str(p / "adapter"), adapter_name=adapter)
+        tok = load_tokenizer(str(p / "tokenizer"), log=lambda *_: None)
+        template = ChatTemplate.from_json(json.loads((p / "template.json").read_text()))
+        served.append(_served(name, adapter, model, tok, template))
+        log(f"serving {name} ({infos[p]['method']} adapter from {p})")
+    tok = load_tokenizer(base_path, log=lambda *_: None)
+    template, why = choose_template("auto", tok)
+    log(f"serving {BASE} ({base_path}); {why}")
+    served.append(_served(BASE, None, model, tok, template))
+    model.eval()
+    return ModelSet(model, served)
+
+
+# --- the worker ---------------------------------------------------------------------------------
+
+
+@dataclass
+class GenRequest:
+    """One API request: a prompt, `n` choices sampled from it, and where to send the results."""
+
+    ids: list[int]
+    params: SamplingParams
+    adapter: str  # a name the batcher's `activate` callback understands
+    tokenizer: object
+    eos: set[int]
+    emit: Callable[[tuple], None]
+    stops: tuple[str, ...] = ()
+    n: int = 1
+    cancelled: bool = False  # set by `Batcher.cancel`; the worker drops the request's rows
+
+
+@dataclass
+class _Row:
+    req: GenRequest
+    index: int
+    gen: torch.Generator | None
+    text: TextStream
+    tokens: int = 0
+    pending: int = 0  # the last sampled token, not yet fed to the model
+
+
+class Batcher:
+    """Runs generation for all requests in one background thread, batching them."""
+
+    def __init__(self, model, pad_id: int, activate: Callable[[str], None] = lambda name: None,
+                 max_batch: int = 16, log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)):
+        self.model, self.pad_id, self.activate, self.max_batch, self.log = model, pad_id, activate, max_batch, log
+        self._cond = threading.Condition()
+        self._waiting: deque[GenRequest] = deque()
+        self._rows: list[_Row | None] = []  # None: a finished row kept because the cache cannot drop rows
+        self._batch: KVBatch | None = None
+        self._adapter: str | None = None
+        self._rearrange = True  # can rows be added to and dropped from a running batch?
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.stats = {"requests": 0, "prefills": 0, "steps": 0, "generated_tokens": 0, "max_batch_size": 0,
+                      "cancelled": 0}
+
+    # --- called from the server (any thread) ---
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dianjing-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, req: GenRequest) -> None:
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the server is shutting down")
+            self._waiting.append(req)
+            self.stats["requests"] += 1
+            self._cond.notify()
+
+    def cancel(self, req: GenRequest) -> None:
+        """Forget a request (its client went away); its rows leave the batch at the next step."""
+        req.cancelled = True
+        with self._cond:
+            self.stats["cancelled"] += 1
+            if req in self._waiting:
+                self._waiting.remove(req)
+            self._cond.notify()
+
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def running(self) -> int:
+        return sum(r is not None for r in self._rows)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker; requests still waiting or running get an error event."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:  # the worker normally does this itself; repeat in case it was stuck
+            self._fail(list(self._waiting) + [r.req for r in self._rows if r is not None],
+                       "the server is shutting down", 503)
+            self._waiting.clear()
+
+    # --- the worker thread ---
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._rows:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                admit = self._admit()
+            try:
+                if admit:
+                    self._prefill(admit)
+                if self._rows:
+                    self._step()
+            except Exception as e:  # a bug or out of memory: fail these requests, keep serving others
+                self.log(f"generation failed:\n{traceback.format_exc()}")
+                self._fail(admit + [r.req for r in self._rows if r is not None], f"generation failed: {e}", 500)
+                self._rows, self._batch = [], None
+        with self._cond:
+            self._fail(list(self._waiting) + [r.req for r in self._rows if r is not None],
+                       "the server is shutting down", 503)
+            self._waiting.clear()
+            self._rows, self._batch = [], None
+
+    def _admit(self) -> list[GenRequest]:
+        """Pick waiting requests to join the batch (called with the lock held)."""
+        for req in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(req)
+        if not self._waiting:
+            return []
+        if self._rows:
+            if not self._rearrange or any(r.adapter != self._adapter for r in self._waiting):
+                return []  # let the running batch drain: another adapter is waiting its turn
+            adapter, room = self._adapter, self.max_batch - len(self._rows)
+        else:
+            adapter, room = self._waiting[0].adapter, self.max_batch
+        taken: list[GenRequest] = []
+        rows = longest = 0
+        for req in list(self._waiting):
+            if req.adapter != adapter:
+                continue
+            fits = (rows + req.n <= room
+                    and (rows + req.n) * max(longest, len(req.ids)) <= MAX_PREFILL_TOKENS)
+            if not fits and (taken or self._rows):
+                break  # first come, first served: later requests do not overtake this one
+            taken.append(req)
+            self._waiting.remove(req)
+            rows, longest = rows + req.n, max(longest, len(req.ids))
+        return taken
+
+    def _prefill(self, reqs: list[GenRequest]) -> None:
+        self._adapter = reqs[0].adapter
+        self.activate(self._adapter)
+        rows = [_Row(req, i, _generator(req.params.seed, i), TextStream(req.tokenizer, (*req.stops, *req.params.stop)))
+                for req in reqs for i in range(req.n)]
+        batch, logits = prefill(self.model, [r.req.ids for r in rows], self.pad_id)
+        self.stats["prefills"] += 1
+        keep = self._advance(rows, logits)
+        if not keep:
+            return
+        if self._batch is None:
+            self._rearrange = can_rearrange(batch.cache)
+        if len(keep) < len(rows):
+            if self._rearrange:
+                batch = select(batch, keep)
+                rows = [rows[i] for i in keep]
+            else:
+                rows = [r if i in keep else None for i, r in enumerate(rows)]
+        if self._batch is None:
+            self._batch, self._rows = batch, rows
+        else:
+            self._batch = merge(self._batch, batch)
+            self._rows = self._rows + rows
+        self.stats["max_batch_size"] = max(self.stats["max_batch_size"], len(self._rows))
+
+    def _step(self) -> None:
+        self._drop([i for i, r in enumerate(self._rows) if r is not None and not r.req.cancelled])
+        if not self._rows:
+            return
+        self.activate(self._adapter)
+        tokens = [r.pending if r is not None else self.pad_id for r in self._rows]
+        logits = decode_step(self.model, self._batch, tokens)
+        self.stats["steps"] += 1
+        self.stats["max_batch_size"] = max(self.stats["max_batch_size"], len(self._rows))
+        self._drop(self._advance(self._rows, logits))
+
+    def _drop(self, keep: list[int]) -> None:
+        """Keep only the rows `keep`; without row surgery, finished rows stay as padding until all end."""
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._batch = [], None
+        elif self._rearrange:
+            self._batch = select(self._batch, keep)
+            self._rows = [self._rows[i] for i in keep]
+        else:
+            self._rows = [r if i in keep else None for i, r in enumerate(self._rows)]
+
+    def _advance(self, rows: list[_Row | None], logits: torch.Tensor) -> list[int]:
+        """Sample a token for every row and report it; returns the indices of rows that go on."""
+        live = [i for i, r in enumerate(rows) if r is not None and not r.req.cancelled]
+        if not live:
+            return []
+        sub = logits[live] if len(live) < len(rows) else logits
+        tokens = sample_rows(sub, [rows[i].req.params for i in live], [rows[i].gen for i in live])
+        keep = []
+        for i, tok in zip(live, tokens):
+            row = rows[i]
+            reason = None
+            if tok in row.req.eos:
+                reason = "stop"
+            else:
+                row.tokens += 1
+                self.stats["generated_tokens"] += 1
+                piece = row.text.push(tok)
+                if piece:
+                    self._emit(row.req, ("text", row.index, piece))
+                if row.text.stopped:
+                    reason = "stop"
+                elif row.tokens >= row.req.params.max_new_tokens:
+                    reason = "length"
+            if reason is None:
+                row.pending = tok
+                keep.append(i)
+                continue
+            piece = row.text.finish()
+            if piece:
+                self._emit(row.req, ("text", row.index, piece))
+            self._emit(row.req, ("done", row.index, reason, row.tokens))
+        return keep
+
+    def _emit(self, req: GenRequest, event: tuple) -> None:
+        try:
+            req.emit(event)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            req.cancelled = True
+
+    def _fail(self, reqs: list[GenRequest], message: str, status: int) -> None:
+        for req in dict.fromkeys(reqs):  # once per request, in order
+            if not req.cancelled:
+                self._emit(req, ("error", message, status))
+                req.cancelled = True
+
+
+def _generator(seed: int | None, index: int) -> torch.Generator | None:
+    """A seeded generator per choice (choice i uses seed + i), so `n` choices differ but repeat."""
+    return torch.Generator().manual_seed(seed + index) if seed is not None else None
