@@ -29,3 +29,14 @@ def alpaca_file(tmp_path) -> Path:
     p = tmp_path / "tiny.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Runs set train.threads; restore torch's thread count so one test cannot change the
+    floating-point summation order (and so the exact numbers) of the tests after it."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
