@@ -122,8 +122,8 @@ class Trainer:
         log(f"logits: {self.loss_fn.mode}")
 
         # optimiser and schedule
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         self.lengths = [len(e.input_ids) for e in self.train_set]
         self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
         self.steps_per_epoch = max(1, self.batches_per_epoch // t.grad_accum)
@@ -198,7 +198,7 @@ class Trainer:
                     (loss_sum / max(1, n_targets)).backward()
                     total_loss += float(loss_sum.detach())
                 loss = total_loss / max(1, n_targets)
-                params = [p for p in self.model.parameters() if p.requires_grad]
+                params = self.params
                 if t.max_grad_norm:
                     gnorm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
                 else:

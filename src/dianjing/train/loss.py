@@ -19,7 +19,8 @@ _BUFFERS: dict = {}  # reused logits buffers: a fresh 256 MB block per chunk cos
 def _buffer(rows: int, cols: int, dtype: torch.dtype, slot: int) -> torch.Tensor:
     key = (rows, cols, dtype, slot)
     if key not in _BUFFERS:
-        _BUFFERS.clear() if len(_BUFFERS) > 4 else None
+        if len(_BUFFERS) > 4:
+            _BUFFERS.clear()
         _BUFFERS[key] = torch.empty(rows, cols, dtype=dtype)
     return _BUFFERS[key]
 
