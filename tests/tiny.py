@@ -65,3 +65,30 @@ def build_model(folder: Path, *, kind: str = "llama", pad: bool = True, chat_tem
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(str(folder))
     return folder
+
+
+def build_bert(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer random BERT encoder (hidden 32) with a locally trained WordPiece tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
+    tk.train_from_iterator(CORPUS * 20 + ["good great bad awful movie film plot paris london"] * 20, trainer)
+    cls, sep = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    tok.save_pretrained(str(folder))
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                     initializer_range=0.2)
+    torch.manual_seed(seed)
+    BertModel(cfg).save_pretrained(str(folder))
+    return folder

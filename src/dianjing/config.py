@@ -32,12 +32,17 @@ class ModelConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 frozen weights where the CPU/GPU supports bf16, else fp32")
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    random_init: bool = Field(
+        False, description="specialists: same architecture with fresh random weights — the from-scratch "
+                           "baseline that shows what pre-training buys")
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in backward: 12.5 → 4.9 GiB peak for 5% time (Gemma, batch 8×512)")
 
 
 class DataConfig(_Strict):
     files: list[DataFile] = Field(default_factory=lambda: [DataFile(path=DEFAULT_DATA)])
+    eval_files: list[DataFile] = Field(
+        default_factory=list, description="held-out data; when empty, eval_fraction of files is held out")
     template: str = Field("auto", description="auto | model | plain | chatml | vicuna | alpaca")
     system_prompt: str | None = None
     max_length: int = Field(512, ge=8)
@@ -47,6 +52,15 @@ class DataConfig(_Strict):
     max_examples: int | None = Field(None, ge=1)
 
     @field_validator("files", mode="before")
+    @classmethod
+    def _files(cls, v: Any) -> Any:
+        return cls._paths_as_files(v)
+
+    @field_validator("eval_files", mode="before")
+    @classmethod
+    def _eval_paths_as_files(cls, v: Any) -> Any:
+        return cls._paths_as_files(v)
+
     @classmethod
     def _paths_as_files(cls, v: Any) -> Any:
         if isinstance(v, (str, dict)):
@@ -88,7 +102,29 @@ class TrainConfig(_Strict):
     max_bad_steps: int = Field(5, ge=1, description="stop after this many NaN/inf steps in a row")
 
 
+TASKS = ("sft", "classify", "pair", "tag", "extract-qa")
+
+
+class TaskConfig(_Strict):
+    """What is learned: instruction following (sft, the generative route) or a specialist head."""
+    type: Literal["sft", "classify", "pair", "tag", "extract-qa"] = Field(
+        "sft", description="sft: chat/instruction data; classify | pair | tag | extract-qa: an encoder-style head")
+    text_field: str | None = Field(None, description="classify/pair: text column (default: auto-detect)")
+    text_b_field: str | None = Field(None, description="pair: second text column (default: auto-detect)")
+    label_field: str | None = Field(None, description="classify/pair: label column (default: auto-detect)")
+    head: Literal["auto", "transformers", "own"] = Field(
+        "auto", description="auto: the transformers AutoModelFor… head where the architecture has one, else "
+                            "dianjing's own linear head over the backbone's hidden states")
+    pooling: Literal["auto", "first", "last", "mean"] = Field(
+        "auto", description="own head, classify/pair: auto = first token for encoders with [CLS], last for decoders")
+    doc_stride: int = Field(128, ge=1, description="extract-qa: tokens shared by consecutive context windows")
+    max_answer_length: int = Field(30, ge=1, description="extract-qa: longest answer, in tokens")
+    classifier_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    head_lr: float | None = Field(None, gt=0, description="learning rate of the new head (default: train.lr)")
+
+
 class RunConfig(_Strict):
+    task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)

@@ -80,7 +80,7 @@ def test_other_peft_methods_train(tiny_llama, alpaca_file, tmp_path, method):
 def test_save_load_gives_identical_logits(tiny_llama, alpaca_file, tmp_path):
     from dianjing.infer.load import load_run
 
-    cfg = _cfg(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=3")
+    cfg = _cfg(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=3", "model.precision=fp32")
     trainer = loop.Trainer(cfg, tmp_path / "run", log=lambda *_: None)
     trainer.save_outputs(trainer.run())
     trainer.model.eval()

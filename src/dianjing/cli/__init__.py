@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="dianjing", description="點睛 dianjing — instruction fine-tuning of pre-trained language models.")
     parser.add_argument("--version", action="version", version=f"dianjing {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from dianjing.cli import chat, doctor, export, serve, train, validate
+    from dianjing.cli import chat, doctor, evaluate, export, predict, serve, train, validate
 
-    for mod in (train, validate, chat, serve, export, doctor):
+    for mod in (train, validate, evaluate, predict, chat, serve, export, doctor):
         mod.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -11,6 +11,11 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (sections model, data, adapter, train)")
     p.add_argument("--model", "-m", help="base model: HF folder, hub id, .gguf file, or gemma-3-270m")
     p.add_argument("--data", "-d", nargs="+", metavar="FILE", help="data files (.json/.jsonl/.csv/.parquet)")
+    p.add_argument("--eval-data", nargs="+", metavar="FILE", help="held-out data files (default: data.eval_fraction "
+                                                                  "of --data is held out)")
+    p.add_argument("--task", choices=["sft", "classify", "pair", "tag", "extract-qa"],
+                   help="sft (default): instruction data, generative; classify | pair | tag | extract-qa: "
+                        "a specialist head on the model")
     p.add_argument("--format", "-f", choices=["auto", "alpaca", "sharegpt", "messages", "prompt_completion"],
                    help="format of the --data files (default: auto-detect, and say what was detected)")
     p.add_argument("--template", "-t", help="chat template: auto, model, plain, chatml, vicuna, alpaca")
@@ -24,6 +29,8 @@ def config_from_args(args) -> RunConfig:
         overrides.append(f"model.name={args.model}")
     if args.template:
         overrides.append(f"data.template={args.template}")
+    if getattr(args, "task", None):
+        overrides.append(f"task.type={args.task}")
     overrides += args.set
     cfg = load_config(args.config, overrides)
     if args.data:
@@ -34,4 +41,8 @@ def config_from_args(args) -> RunConfig:
     elif args.format:
         for f in cfg.data.files:
             f.format = args.format
+    if getattr(args, "eval_data", None):
+        from dianjing.config import DataFile
+
+        cfg.data.eval_files = [DataFile(path=f) for f in args.eval_data]
     return cfg

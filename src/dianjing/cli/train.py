@@ -32,6 +32,11 @@ def run(args) -> int:
         f"({summary['supervised_tokens']} supervised) in {summary['wall_time_s']:.0f}s, "
         f"{summary['tokens_per_s']:.0f} tokens/s, peak memory {summary['peak_rss_mb'] / 1024:.1f} GiB")
     log(f"run folder: {run_dir}")
-    log(f"try it:     dianjing chat {run_dir}")
+    if summary.get("task", "sft") == "sft":
+        log(f"try it:     dianjing chat {run_dir}")
+    else:
+        if summary.get("final_eval"):
+            log("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["final_eval"].items()))
+        log(f"try it:     dianjing predict {run_dir} FILE   |   dianjing eval {run_dir} --data FILE")
     print(run_dir)
     return 0

@@ -74,13 +74,54 @@ class Trainer:
         random.seed(t.seed)
         torch.manual_seed(t.seed)
 
-        # data → conversations → ids + mask
         self.model_path = resolve_model(cfg.model.name, log=log)
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code, log=log)
+        self.dtype = pick_dtype(cfg.model.precision)
+        self.autocast = False
+        self.head = None  # the specialist's head, when the task is not sft
+        if cfg.task.type == "sft":
+            if cfg.model.random_init:
+                raise DianjingError("model.random_init is for specialist baselines; instruction tuning starts "
+                                    "from pre-trained weights", fix="remove model.random_init or set task.type")
+            self._setup_sft(log)
+        else:
+            self._setup_specialist(log)
+
+        # optimiser and schedule
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": self.params}]
+        if self.head is not None and cfg.task.head_lr:  # a new head may want a larger step than the body
+            from dianjing.specialist.model import head_parameter_ids
+
+            ids = head_parameter_ids(self.model)
+            groups = [{"params": [p for p in self.params if id(p) not in ids]},
+                      {"params": [p for p in self.params if id(p) in ids], "lr": cfg.task.head_lr}]
+            groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
+        self.lengths = [len(e.input_ids) for e in self.train_set]
+        self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
+        self.steps_per_epoch = max(1, self.batches_per_epoch // t.grad_accum)
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
+        warmup = int(t.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.total_steps, warmup, t.schedule))
+        self.eval_every = t.eval_every or self.steps_per_epoch
+        self.save_every = t.save_every or self.steps_per_epoch
+        self._orders: dict[int, list[list[int]]] = {}
+
+    def _setup_sft(self, log) -> None:
+        """Instruction data → conversations → ids + answer mask; a causal LM with an adapter."""
+        cfg, t = self.cfg, self.cfg.train
+        # data → conversations → ids + mask
         self.template, why = choose_template(cfg.data.template, self.tokenizer)
         log(why)
         convs, self.load_report = load_conversations(cfg.data, log=log)
-        train_convs, eval_convs = split_eval(convs, cfg.data.eval_fraction, t.seed)
+        if cfg.data.eval_files:
+            eval_convs, _ = load_conversations(cfg.data.model_copy(update={"files": cfg.data.eval_files,
+                                                                           "max_examples": None}), log=log)
+            train_convs = convs
+        else:
+            train_convs, eval_convs = split_eval(convs, cfg.data.eval_fraction, t.seed)
         self.render_stats = RenderStats()
         self.train_set = render_all(train_convs, self.tokenizer, self.template, cfg.data.max_length,
                                     cfg.data.loss_on, self.render_stats)
@@ -96,7 +137,6 @@ class Trainer:
             + "".join(f"\n  skipped {n} records: {why}" for why, n in self.load_report.skipped.items()))
 
         # model + adapter
-        self.dtype = pick_dtype(cfg.model.precision)
         full = cfg.adapter.method == "full"
         # Frozen weights can live in bf16; weights that are trained keep fp32 masters (autocast instead).
         load_dtype = torch.float32 if full else self.dtype
@@ -120,23 +160,33 @@ class Trainer:
             f"{cfg.adapter.method}: {trainable / 1e6:.2f}M trainable ({100 * trainable / total:.2f}%)")
         self.loss_fn = SFTLoss(self.model, t.logits, log=log)
         log(f"logits: {self.loss_fn.mode}")
+        self.collate_fn = lambda exs: collate(exs, self.tokenizer.pad_token_id)
+        self.count_targets = lambda b: int(b["mask"][:, 1:].sum())
+        head_w = self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0
+        self.flops_per_token = 6 * (count_params(self.model)[1] - head_w)
+        self.flops_per_target = 6 * head_w
 
-        # optimiser and schedule
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
-        self.lengths = [len(e.input_ids) for e in self.train_set]
-        self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
-        self.steps_per_epoch = max(1, self.batches_per_epoch // t.grad_accum)
-        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.steps_per_epoch))
-        warmup = int(t.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.total_steps, warmup, t.schedule))
-        self.eval_every = t.eval_every or self.steps_per_epoch
-        self.save_every = t.save_every or self.steps_per_epoch
-        self._orders: dict[int, list[list[int]]] = {}
-        n_params_body = total - (self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0)
-        self.flops_per_token = 6 * n_params_body
-        self.flops_per_target = 6 * (self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0)
+    def _setup_specialist(self, log) -> None:
+        """Labelled examples → features; a backbone with a task head (specialist.task)."""
+        from dianjing.specialist.task import setup
+
+        cfg = self.cfg
+        data, self.head, self.train_set, self.eval_set, _ = setup(cfg, self.model_path, self.tokenizer, self.dtype,
+                                                                   log=log, random_init=cfg.model.random_init)
+        self.specialist_data = data
+        self.model = self.head.model
+        if cfg.model.gradient_checkpointing:
+            body = self.model.backbone if hasattr(self.model, "backbone") else self.model
+            if hasattr(body, "gradient_checkpointing_enable"):
+                body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+        trainable, total = count_params(self.model)
+        log(f"model: {self.model_path} ({total / 1e6:.1f}M parameters, {str(self.dtype).split('.')[-1]}), "
+            f"{cfg.adapter.method}: {trainable / 1e6:.2f}M trainable ({100 * trainable / total:.2f}%)")
+        self.loss_fn = self.head.loss
+        self.collate_fn = self.head.collate
+        self.count_targets = self.head.count_targets
+        self.flops_per_token, self.flops_per_target = 6 * total, 0
 
     # -- data position -------------------------------------------------------------
     def micro_batch(self, k: int) -> dict:
@@ -146,7 +196,7 @@ class Trainer:
             self._orders = {epoch: epoch_order(self.lengths, self.cfg.train.batch_size, epoch,
                                                self.cfg.train.seed, self.cfg.train.batching)}
         idx = self._orders[epoch][i]
-        return collate([self.train_set[j] for j in idx], self.tokenizer.pad_token_id)
+        return self.collate_fn([self.train_set[j] for j in idx])
 
     def _forward(self, batch):
         if self.autocast:
@@ -162,10 +212,19 @@ class Trainer:
         tot, n = 0.0, 0
         bs = self.cfg.train.batch_size
         for s in range(0, len(self.eval_set), bs):
-            loss, k = self._forward(collate(self.eval_set[s:s + bs], self.tokenizer.pad_token_id))
+            loss, k = self._forward(self.collate_fn(self.eval_set[s:s + bs]))
             tot, n = tot + float(loss), n + k
         self.model.train()
         return tot / max(1, n)
+
+    def eval_scores(self) -> dict:
+        """The task's own metrics on the held-out examples (specialists; sft has its loss)."""
+        if self.head is None or not self.specialist_data.eval_examples:
+            return {}
+        exs = self.specialist_data.eval_examples
+        r = self.head.score(exs, self.head.predict(exs, self.cfg.train.batch_size))
+        return {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and k not in ("count", "support",
+                                                                                               "missing", "extra")}
 
     # -- the loop ------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
@@ -190,7 +249,7 @@ class Trainer:
         with open(metrics_path, "a", encoding="utf-8") as metrics:
             while step < self.total_steps:
                 batches = [self.micro_batch(step * t.grad_accum + a) for a in range(t.grad_accum)]
-                n_targets = sum(int(b["mask"][:, 1:].sum()) for b in batches)
+                n_targets = sum(self.count_targets(b) for b in batches)
                 step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
                 total_loss = 0.0
                 for b in batches:
@@ -248,11 +307,16 @@ class Trainer:
                 if step % self.eval_every == 0 or step == self.total_steps:
                     ev = self.evaluate()
                     if ev is not None:
-                        metrics.write(json.dumps({"step": step, "eval_loss": round(ev, 6),
-                                                  "elapsed_s": round(state["elapsed_s"], 3)}) + "\n")
+                        rec = {"step": step, "eval_loss": round(ev, 6), "elapsed_s": round(state["elapsed_s"], 3)}
+                        scores = self.eval_scores()
+                        rec.update({f"eval_{k}": round(v, 6) for k, v in scores.items()})
+                        metrics.write(json.dumps(rec) + "\n")
                         metrics.flush()
                         state["eval_loss"] = ev
-                        bar.note(f"step {step}: eval loss {ev:.4f}")
+                        if scores:
+                            state["eval_scores"] = scores
+                        bar.note(f"step {step}: eval loss {ev:.4f}"
+                                 + "".join(f", {k} {v:.4f}" for k, v in scores.items()))
                 if step % self.save_every == 0 or step == self.total_steps:
                     ckpt.save_checkpoint(ckpt_root, step, self.model, self.optimizer, self.scheduler,
                                          state, t.keep_last_n)
@@ -261,6 +325,8 @@ class Trainer:
 
     # -- the run folder -------------------------------------------------------------
     def save_outputs(self, state: dict) -> dict:
+        if self.head is not None:
+            return self._save_specialist(state)
         out = self.run_dir
         if self.cfg.adapter.method == "full":
             self.model.save_pretrained(str(out / "model"), safe_serialization=True)
@@ -281,6 +347,31 @@ class Trainer:
             "skipped_steps": state["skipped_steps"], "final_eval_loss": state.get("eval_loss"),
             "data": self.render_stats.summary(), "skipped_records": dict(self.load_report.skipped),
             "files": self.load_report.files, "logits": self.loss_fn.mode,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        return summary
+
+
+    def _save_specialist(self, state: dict) -> dict:
+        from dianjing.specialist.model import save
+
+        out = self.run_dir
+        dtype = str(self.dtype).split(".")[-1]
+        save(self.model, out / "specialist", self.head.info(self.cfg, self.model_path, dtype))
+        self.tokenizer.save_pretrained(str(out / "tokenizer"))
+        (out / "run.json").write_text(json.dumps({
+            "base_model": self.model_path, "model_name": self.cfg.model.name, "task": self.cfg.task.type,
+            "method": self.cfg.adapter.method, "dtype": dtype}, indent=1))
+        d = self.specialist_data
+        summary = {
+            "task": self.cfg.task.type, "steps": state["step"], "examples": len(d.train_examples),
+            "tokens": state["tokens"], "supervised_tokens": state["supervised_tokens"],
+            "wall_time_s": round(state["elapsed_s"], 2),
+            "tokens_per_s": round(state["tokens"] / max(1e-9, state["elapsed_s"]), 2),
+            "estimated_flops": self.flops_per_token * state["tokens"], "peak_rss_mb": round(peak_rss_mb(), 1),
+            "skipped_steps": state["skipped_steps"], "final_eval_loss": state.get("eval_loss"),
+            "final_eval": state.get("eval_scores"), "labels": d.labels,
+            "data": d.report.summary(), "eval_data": d.eval_report.summary() if d.eval_report else None,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         return summary

@@ -1,0 +1,40 @@
+"""dianjing predict: labels, tags or answer spans (with scores) for new data, as JSONL."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict labels / tags / answer spans for a file with a specialist run",
+                       description="Write one JSON line per input record: classify/pair {label, score, scores}, "
+                                   "tag {tokens, tags}, extract-qa {id, answer, start, score}. Labels in the "
+                                   "input, if any, are ignored.")
+    p.add_argument("run", metavar="RUN", help="run folder printed by `dianjing train`")
+    p.add_argument("file", metavar="FILE", nargs="+", help="data to predict on (same formats as training)")
+    p.add_argument("--out", "-o", help="output JSONL (default: standard output)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--on-error", choices=["stop", "skip"], default="stop")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dianjing.cli import log
+    from dianjing.cli.evaluate import _cfg
+    from dianjing.specialist.task import load_head, read_examples
+
+    head, info = load_head(Path(args.run), log=log)
+    cfg = _cfg(info, args.on_error)
+    examples, _ = read_examples(cfg, args.file, require_labels=False, log=log)
+    preds = head.predict(examples, args.batch_size)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        for ex, p in zip(examples, preds):
+            out.write(json.dumps({"where": ex.where, **p}, ensure_ascii=False) + "\n")
+    finally:
+        if args.out:
+            out.close()
+    log(f"{len(preds)} predictions" + (f" written to {args.out}" if args.out else ""))
+    return 0

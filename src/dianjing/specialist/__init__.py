@@ -1,0 +1,1 @@
+"""Specialist (non-generative) task heads and their evaluation metrics."""
