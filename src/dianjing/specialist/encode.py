@@ -65,7 +65,7 @@ class Encoder:
         self.use_token_types = use_token_types and self.encoder_style
 
     def ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return self.tok(text, add_special_tokens=False, verbose=False)["input_ids"]  # we truncate ourselves
 
     def frame(self, a: list[int], b: list[int] | None = None) -> tuple[list[int], list[int] | None, int]:
         """Specials around one or two pieces; returns ids, token types and where `a` starts."""
@@ -140,7 +140,7 @@ class Encoder:
         for i, ex in enumerate(examples):
             q = self.ids(ex.question)
             q = q[: max(1, self.max_length // 4)]  # long questions are cut so the context keeps room
-            enc = self.tok(ex.context, add_special_tokens=False, return_offsets_mapping=True)
+            enc = self.tok(ex.context, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
             ctx, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
             room = self.budget(True) - len(q)
             if room < 8:
