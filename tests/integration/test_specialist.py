@@ -261,3 +261,18 @@ def test_unseen_eval_label_is_reported(tiny_bert, tmp_path):
                 eval_data=bad)
     _, summary = train(cfg2, log=lambda *_: None)
     assert summary["eval_data"]["rejected"]
+
+
+def test_cli_train_task_and_eval_data(tiny_bert, tmp_path, capsys):
+    train_f = _sentiment(tmp_path / "train.csv", 16)
+    eval_f = _sentiment(tmp_path / "dev.csv", 8, seed=3)
+    out = tmp_path / "run"
+    rc = main(["train", "--task", "classify", "--model", str(tiny_bert), "--data", str(train_f),
+               "--eval-data", str(eval_f), "--output-dir", str(out), "--set", "train.max_steps=2",
+               "--set", "train.threads=1", "--set", "model.gradient_checkpointing=false"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "16 training examples" in err and "8 held out" in err and "held-out: accuracy" in err
+    assert "dianjing predict" in err and "dianjing chat" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "classify" and summary["examples"] == 16
