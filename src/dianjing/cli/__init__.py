@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for mod in (train, validate, evaluate, predict, chat, serve, export, doctor):
         mod.add_parser(sub)
+    from dianjing.cli import mix; mix.add_parser(sub)  # noqa: E702  (generalist: FLAN-style mixtures)
+    from dianjing.cli import synth; synth.add_parser(sub)  # noqa: E702
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
