@@ -20,7 +20,7 @@ from dianjing.train.loop import train
 
 COMMON = ["train.batch_size=2", "train.lr=5e-3", "train.warmup_ratio=0", "train.threads=1",
           "data.eval_fraction=0", "adapter.dropout=0.1", "train.max_steps=30", "train.save_every=3",
-          "train.keep_last_n=2"]
+          "train.keep_last_n=2", "model.precision=fp32"]
 
 
 def _cfg(model, data, out, *extra):

@@ -77,6 +77,12 @@ class Trainer:
         self.model_path = resolve_model(cfg.model.name, log=log)
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code, log=log)
         self.dtype = pick_dtype(cfg.model.precision)
+        if cfg.model.precision == "auto":
+            # "auto" is a speed measurement and can come out differently under load: pin what this run
+            # uses, so that a resumed run computes in the same precision as the steps before it
+            cfg.model.precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
+            if (run_dir / "config.yaml").exists():
+                (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
         self.autocast = False
         self.head = None  # the specialist's head, when the task is not sft
         if cfg.task.type == "sft":
