@@ -51,7 +51,7 @@ def real_instructions(data: Path) -> list[str]:
     out += [json.loads(line)["instruction"] for line in seeds.read_text().splitlines() if line.strip()]
     for name in ("alpaca_en_demo.json", "alpaca_zh_demo.json"):
         out += [r["instruction"] for r in json.loads((data / "instruct" / name).read_text())]
-    ours = ROOT / "src" / "dianjing" / "assets" / "seed_tasks.jsonl"
+    ours = ROOT / "src" / "dianjing" / "assets" / "dianjing_seeds.jsonl"
     out += [json.loads(line)["instruction"] for line in ours.read_text().splitlines() if line.strip()]
     return [" ".join(x.split()) for x in out if x.strip()]
 

@@ -299,7 +299,7 @@ def test_pipeline_filters_retries_provenance_and_report(teacher, tmp_path, monke
     # provenance on every record; request ids lead to the journal
     journal = {e["key"]: e for e in _rows(work / "requests.jsonl") if e["kind"] == "reply"}
     seed_ids = {json.loads(line)["id"] for line in
-                (Path(__file__).parents[2] / "src/dianjing/assets/seed_tasks.jsonl").read_text().splitlines()}
+                (Path(__file__).parents[2] / "src/dianjing/assets/dianjing_seeds.jsonl").read_text().splitlines()}
     for r in records:
         p = r["provenance"]
         assert p["teacher_url"] == srv.url and p["model"] == "fake-7b" and p["terms_of_use"] == TERMS

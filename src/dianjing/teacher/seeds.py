@@ -28,7 +28,7 @@ class SeedTask:
 
 def seeds_path(path: str) -> Path:
     if path == BUILTIN_SEEDS:
-        return Path(str(resources.files("dianjing.assets").joinpath("seed_tasks.jsonl")))
+        return Path(str(resources.files("dianjing.assets").joinpath("dianjing_seeds.jsonl")))
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"seed file {p} does not exist",
