@@ -131,15 +131,17 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, what: str = "config") -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key '{key}'")
+        elif not key:  # a check over the whole file (model_validator)
+            lines.append(e["msg"])
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
-    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+    return f"{source}: invalid {what}:\n  " + "\n  ".join(lines)
 
 
 def _parse_value(text: str) -> Any:
@@ -167,13 +169,11 @@ def apply_override(tree: dict, assignment: str) -> None:
     node[parts[-1]] = _parse_value(raw)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (optional), apply --set overrides, validate."""
+def read_yaml_tree(path: str | Path | None, overrides: list[str] | None, sections: str) -> dict:
+    """A YAML mapping (or {} without a file) with --set overrides applied; every config file goes through here."""
     tree: dict = {}
-    source = "config"
     if path is not None:
         p = Path(path)
-        source = str(p)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
@@ -183,14 +183,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping with sections model/data/adapter/train")
+            raise ConfigError(f"{p}: the top level must be a mapping{' with sections ' + sections if sections else ''}")
         tree = loaded
     for o in overrides or []:
         apply_override(tree, o)
+    return tree
+
+
+def validate(cls, tree: dict, source: str, what: str = "config"):
+    """cls.model_validate(tree), with pydantic's errors turned into one ConfigError naming the keys."""
     try:
-        return RunConfig.model_validate(tree)
+        return cls.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
+        raise ConfigError(_format_validation_error(e, source, what)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (optional), apply --set overrides, validate."""
+    tree = read_yaml_tree(path, overrides, "model/data/adapter/train")
+    return validate(RunConfig, tree, str(path) if path is not None else "config")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from dianjing.config import read_yaml_tree, validate
 from dianjing.errors import ConfigError
 
 METRICS = ("accuracy", "exact_match", "rouge_l", "squad_f1")
@@ -93,11 +94,9 @@ class Task(_Strict):
         return self
 
 
-class Registry(_Strict):
-    t0_dir: str | None = Field(None, description="folder of the rendered T0 files, for t0: sources")
-    tasks: list[Task] = Field(min_length=1)
+class _FromFile(_Strict):
+    """A model read from a YAML file, which remembers where (set by the loader, not part of the YAML)."""
 
-    # set by load_registry, not part of the YAML
     _base_dir: Path | None = PrivateAttr(None)
     _origin: str = PrivateAttr("")
 
@@ -109,6 +108,12 @@ class Registry(_Strict):
     @property
     def origin(self) -> str:
         return self._origin
+
+
+class Registry(_FromFile):
+    t0_dir: str | None = Field(None, description="folder of the rendered T0 files, for t0: sources")
+    tasks: list[Task] = Field(min_length=1)
+
 
     @model_validator(mode="after")
     def _unique(self) -> "Registry":
@@ -150,7 +155,7 @@ class EvalSettings(_Strict):
     shots: int = Field(0, ge=0, description="exemplars in held-out prompts (0: zero-shot)")
 
 
-class Mixture(_Strict):
+class Mixture(_FromFile):
     registries: list[str] = Field(min_length=1, description="registry files (relative to this file), or t0")
     t0_dir: str | None = Field(None, description=f"T0 folder (default ${T0_ENV}, else {T0_DEFAULT})")
     include: Include = Field(default_factory=Include)
@@ -166,33 +171,11 @@ class Mixture(_Strict):
     on_error: Literal["stop", "skip"] = Field("skip", description="bad records: stop, or skip and count them")
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
-    _base_dir: Path | None = PrivateAttr(None)
-    _origin: str = PrivateAttr("")
-
-    @property
-    def base_dir(self) -> Path | None:
-        """The folder relative paths in this YAML are resolved against."""
-        return self._base_dir
-
-    @property
-    def origin(self) -> str:
-        return self._origin
 
     @field_validator("registries", mode="before")
     @classmethod
     def _one(cls, v):
         return [v] if isinstance(v, str) else v
-
-
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}'")
-        else:
-            lines.append(f"'{key}': {e['msg']}" if key else e["msg"])
-    return f"{source}: invalid:\n  " + "\n  ".join(lines)
 
 
 def builtin_path(name: str) -> Path:
@@ -216,27 +199,12 @@ def resolve_yaml(path: str | Path) -> Path:
 
 
 def _read_yaml(p: Path, overrides: list[str] | None = None) -> dict:
-    from dianjing.config import apply_override
-
-    try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if tree is None:
-        tree = {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
-    for o in overrides or []:
-        apply_override(tree, o)
-    return tree
+    return read_yaml_tree(p, overrides, "")
 
 
 def load_registry(path: str | Path) -> Registry:
     p = resolve_yaml(path)
-    try:
-        reg = Registry.model_validate(_read_yaml(p))
-    except ValidationError as e:
-        raise ConfigError(_format_error(e, str(p))) from None
+    reg = validate(Registry, _read_yaml(p), str(p), "task registry")
     reg._base_dir, reg._origin = p.parent.resolve(), str(p)
     return reg
 
@@ -244,10 +212,7 @@ def load_registry(path: str | Path) -> Registry:
 def load_mixture(path: str | Path, overrides: list[str] | None = None) -> Mixture:
     """Read a mixture YAML (a path or builtin:NAME); `overrides` are key=value like --set."""
     p = resolve_yaml(path)
-    try:
-        mix = Mixture.model_validate(_read_yaml(p, overrides))
-    except ValidationError as e:
-        raise ConfigError(_format_error(e, str(p))) from None
+    mix = validate(Mixture, _read_yaml(p, overrides), str(p), "mixture")
     mix._base_dir, mix._origin = p.parent.resolve(), str(p)
     return mix
 

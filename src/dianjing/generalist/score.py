@@ -193,33 +193,12 @@ def option_logprobs(model, batch, first_logits: torch.Tensor, conts: list[list[l
     return out
 
 
-@torch.inference_mode()
 def greedy(model, tokenizer, batch, logits: torch.Tensor, max_new_tokens: int, stops: tuple[str, ...]) -> list[str]:
     """Greedy continuation of every row of a prefilled batch (consumes `batch`)."""
-    from dianjing.infer.generate import TextStream, decode_step, eos_ids, select
+    from dianjing.infer.generate import SamplingParams, continue_batch
 
-    eos = eos_ids(model, tokenizer)
-    n = logits.shape[0]
-    texts = [TextStream(tokenizer, stops) for _ in range(n)]
-    out = [""] * n
-    live = list(range(n))
-    for step in range(max_new_tokens):
-        nxt = logits.argmax(-1).tolist()
-        keep = []
-        for row, (i, tok) in enumerate(zip(live, nxt)):
-            if tok not in eos:
-                out[i] += texts[i].push(tok)
-                if not texts[i].stopped and step < max_new_tokens - 1:
-                    keep.append(row)
-                    continue
-            out[i] += texts[i].finish()
-        if not keep:
-            break
-        if len(keep) < len(live):
-            batch = select(batch, keep)
-            live, nxt = [live[r] for r in keep], [nxt[r] for r in keep]
-        logits = decode_step(model, batch, nxt)
-    return [o.strip() for o in out]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    return [o.strip() for o in continue_batch(model, tokenizer, batch, logits, params, stops)]
 
 
 def score_group(model, tokenizer, chat, exs: list[Example], *, batch_size: int = 8, generate: bool = True,

@@ -275,13 +275,22 @@ def trim(batch: KVBatch) -> KVBatch:
 def generate_batch(model, tokenizer, prompts: list[list[int]], params: SamplingParams,
                    stop_strings: tuple[str, ...] = ()) -> list[str]:
     """Generate for several prompts at once (one left-padded batch); each row stops on its own."""
-    eos = eos_ids(model, tokenizer)
-    gens = [torch.Generator().manual_seed(params.seed + i) if params.seed is not None else None
-            for i in range(len(prompts))]
-    texts = [TextStream(tokenizer, (*stop_strings, *params.stop)) for _ in prompts]
-    out = [""] * len(prompts)
-    live = list(range(len(prompts)))  # original index of each batch row
     batch, logits = prefill(model, prompts, tokenizer.pad_token_id)
+    return continue_batch(model, tokenizer, batch, logits, params, stop_strings)
+
+
+@torch.inference_mode()
+def continue_batch(model, tokenizer, batch: KVBatch, logits: torch.Tensor, params: SamplingParams,
+                   stop_strings: tuple[str, ...] = ()) -> list[str]:
+    """Decode every row of a prefilled batch (whose next-token logits are `logits`) until EOS, a stop
+    string or max_new_tokens; rows that finish leave the batch. Consumes `batch`."""
+    eos = eos_ids(model, tokenizer)
+    n = logits.shape[0]
+    gens = [torch.Generator().manual_seed(params.seed + i) if params.seed is not None else None
+            for i in range(n)]
+    texts = [TextStream(tokenizer, (*stop_strings, *params.stop)) for _ in range(n)]
+    out = [""] * n
+    live = list(range(n))  # original index of each batch row
     for step in range(params.max_new_tokens):
         nxt = sample_rows(logits, [params] * len(live), [gens[i] for i in live])
         keep = []

@@ -213,6 +213,18 @@ def _note_unreadable(ctx: _Ctx, errors: list[DataError]) -> None:
         ctx.report.note(ctx.report.rejected, UNREADABLE, where, e.message)
 
 
+def _objects(path: str, ctx: _Ctx, fix: str):
+    """(record, position, mapping) for each record that is an object; others rejected, unreadable lines noted."""
+    errors: list[DataError] = []
+    for rec in read_records(path, ctx.on_error, errors):
+        pos = _rec_pos(rec)
+        if not isinstance(rec.data, dict):
+            ctx.reject(NOT_OBJECT, pos, detail=f"got {type(rec.data).__name__}", fix=fix)
+            continue
+        yield rec, pos, rec.data
+    _note_unreadable(ctx, errors)
+
+
 # -- classify / pair --------------------------------------------------------------------------
 def _text_fields(task: str, data: dict, file: str, text_field, text_b_field, label_field,
                  require_labels: bool) -> tuple[str, str | None, str | None]:
@@ -264,15 +276,8 @@ def _text_fields(task: str, data: dict, file: str, text_field, text_b_field, lab
 
 def _read_text(path: str, task: str, ctx: _Ctx, text_field, text_b_field, label_field,
                require_labels: bool) -> Iterator[TextExample]:
-    errors: list[DataError] = []
     fields = None
-    for rec in read_records(path, ctx.on_error, errors):
-        pos = _rec_pos(rec)
-        data = rec.data
-        if not isinstance(data, dict):
-            ctx.reject(NOT_OBJECT, pos, detail=f"got {type(data).__name__}",
-                       fix="write one object with named fields per record")
-            continue
+    for rec, pos, data in _objects(path, ctx, "write one object with named fields per record"):
         if fields is None:
             fields = _text_fields(task, data, rec.file, text_field, text_b_field, label_field, require_labels)
         fa, fb, fl = fields
@@ -309,7 +314,6 @@ def _read_text(path: str, task: str, ctx: _Ctx, text_field, text_b_field, label_
             if strip_fix:
                 ctx.fixed(FIX_LABEL_SPACE, pos, strip_fix)
             yield TextExample(pos.where, texts[0], texts[1] if fb else None, label)
-    _note_unreadable(ctx, errors)
 
 
 # -- tag --------------------------------------------------------------------------------------
@@ -392,15 +396,8 @@ def _read_conll(path: str, ctx: _Ctx, require_labels: bool) -> Iterator[TagExamp
 
 
 def _read_tag_records(path: str, ctx: _Ctx, require_labels: bool) -> Iterator[TagExample]:
-    errors: list[DataError] = []
     fields = None
-    for rec in read_records(path, ctx.on_error, errors):
-        pos = _rec_pos(rec)
-        data = rec.data
-        if not isinstance(data, dict):
-            ctx.reject(NOT_OBJECT, pos, detail=f"got {type(data).__name__}",
-                       fix="write one object with 'tokens' and 'tags' per record")
-            continue
+    for rec, pos, data in _objects(path, ctx, "write one object with 'tokens' and 'tags' per record"):
         if fields is None:
             keys = _keys(data)
             found = ", ".join(repr(k) for k in keys) or "none"
@@ -447,7 +444,6 @@ def _read_tag_records(path: str, ctx: _Ctx, require_labels: bool) -> Iterator[Ta
             if tags is None:
                 continue
         yield TagExample(pos.where, list(tokens), tags)
-    _note_unreadable(ctx, errors)
 
 
 # -- extract-qa -------------------------------------------------------------------------------
@@ -591,17 +587,8 @@ def _read_squad(obj: dict, name: str, ctx: _Ctx, require_labels: bool) -> Iterat
 
 
 def _read_qa_records(path: str, ctx: _Ctx, require_labels: bool) -> Iterator[QAExample]:
-    errors: list[DataError] = []
     checked = False
-    n = 0
-    for rec in read_records(path, ctx.on_error, errors):
-        n += 1
-        pos = _rec_pos(rec)
-        data = rec.data
-        if not isinstance(data, dict):
-            ctx.reject(NOT_OBJECT, pos, detail=f"got {type(data).__name__}",
-                       fix="write one object with id, question, context and answers per record")
-            continue
+    for rec, pos, data in _objects(path, ctx, "write one object with id, question, context and answers per record"):
         if not checked:
             keys = _keys(data)
             if "question" not in keys or "context" not in keys:
@@ -610,10 +597,9 @@ def _read_qa_records(path: str, ctx: _Ctx, require_labels: bool) -> Iterator[QAE
                                 fix="use the SQuAD v1.1 layout or the Hugging Face 'squad' layout")
             checked = True
         ex = _qa_example(ctx, pos, data.get("id"), data.get("question"), data.get("context"),
-                         data.get("answers"), data.get("is_impossible"), rec.file, n, require_labels)
+                         data.get("answers"), data.get("is_impossible"), rec.file, rec.line, require_labels)
         if ex is not None:
             yield ex
-    _note_unreadable(ctx, errors)
 
 
 def _read_qa(path: str, ctx: _Ctx, require_labels: bool) -> Iterator[QAExample]:

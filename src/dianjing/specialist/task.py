@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -117,7 +116,6 @@ class Head:
     def logits_of(self, feats: list[Feature], batch_size: int) -> list[torch.Tensor]:
         was_training = self.model.training
         self.model.eval()
-        out = []
         order = sorted(range(len(feats)), key=lambda i: len(feats[i].input_ids))  # little padding
         by_index: dict[int, torch.Tensor] = {}
         for s in range(0, len(order), batch_size):
@@ -306,6 +304,3 @@ def load_head(run_dir: Path, log=print) -> tuple[Head, dict]:
                 autocast=bf16)
     return head, info
 
-
-def finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

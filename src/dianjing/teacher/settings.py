@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from dianjing.config import apply_override
+from dianjing.config import read_yaml_tree, validate
 from dianjing.errors import ConfigError
 
 
@@ -105,37 +104,10 @@ TERMS_FIX = ("name the terms the teacher's outputs come under, e.g. --set teache
              "every record's provenance (see README, Teacher (synth))")
 
 
-def _explain(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        lines.append(f"unknown key '{key}'" if e["type"] == "extra_forbidden"
-                     else f"'{key}': {e['msg']} (got {e.get('input')!r})")
-    return f"{source}: invalid synth config:\n  " + "\n  ".join(lines)
-
-
 def load_synth_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SynthConfig:
     """Read a synth YAML config (optional), apply --set overrides, validate and check the teacher."""
-    tree: dict = {}
-    source = "synth config"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(loaded, (dict, type(None))):
-            raise ConfigError(f"{p}: the top level must be a mapping with sections teacher/generate/filters/output")
-        tree = loaded or {}
-    for o in overrides or []:
-        apply_override(tree, o)
-    try:
-        return SynthConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_explain(e, source)) from None
+    tree = read_yaml_tree(path, overrides, "teacher/generate/filters/output")
+    return validate(SynthConfig, tree, str(path) if path is not None else "synth config", "synth config")
 
 
 def check_teacher(cfg: SynthConfig) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import resource
 import time
@@ -169,7 +168,7 @@ class Trainer:
         self.collate_fn = lambda exs: collate(exs, self.tokenizer.pad_token_id)
         self.count_targets = lambda b: int(b["mask"][:, 1:].sum())
         head_w = self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0
-        self.flops_per_token = 6 * (count_params(self.model)[1] - head_w)
+        self.flops_per_token = 6 * (total - head_w)
         self.flops_per_target = 6 * head_w
 
     def _setup_specialist(self, log) -> None:
@@ -234,7 +233,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_root = self.run_dir / "checkpoints"
         metrics_path = self.run_dir / "metrics.jsonl"
