@@ -5,7 +5,7 @@ once on a mixture of few task clusters and once on a mixture of many, for the sa
 steps; then score zero-shot sentiment accuracy (option log-likelihood ranking, plus exact match
 of generated text) for the base model and both tuned models, on the same held-out examples.
 
-    python experiments/generalist/run.py                      # ~35 min on 2 idle CPU cores (see README)
+    python experiments/generalist/run.py                      # ~20 min on 2 idle CPU cores (measured, see README)
     python experiments/generalist/run.py --only base          # one row
     python experiments/generalist/run.py --model /tmp/tiny --steps 2 --eval-per-task 2 --templates 1 \\
         --work /tmp/gx                                        # smoke test with a tiny model
