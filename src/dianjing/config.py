@@ -77,6 +77,10 @@ class AdapterConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="0 by default: dropout masks cost ~7% of a step here")
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
     num_virtual_tokens: int = Field(20, ge=1)
+    compute: Literal["fp32", "bf16"] = Field(
+        "bf16", description="with bf16 frozen weights: bf16 runs the adapter's products in bf16 under autocast "
+        "(its weights and optimizer state stay fp32); fp32 casts each adapted layer's input to fp32 (PEFT's "
+        "way: 35% slower on SmolLM2, bench/sft_vs_trl.py). No effect when the weights are fp32")
 
 
 class TrainConfig(_Strict):

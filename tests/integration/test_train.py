@@ -185,3 +185,23 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
     r = _cli("--help")
     assert all(c in r.stdout for c in ("train", "validate", "chat", "export"))
+
+
+def test_bf16_adapter_compute_matches_fp32_compute(tiny_llama, alpaca_file, tmp_path):
+    """adapter.compute=bf16 keeps the bf16 input of each adapted layer (no fp32 copy) and runs the
+    rank-r products in bf16; the fp32 adapter weights and the losses stay as with fp32 compute."""
+    seen, losses = {}, {}
+    for compute in ("fp32", "bf16"):
+        cfg = _cfg(tiny_llama, alpaca_file, tmp_path / compute, "train.max_steps=4", "model.precision=bf16",
+                   f"adapter.compute={compute}")
+        trainer = loop.Trainer(cfg, tmp_path / compute, log=lambda *_: None)
+        lora_a = next(m for n, m in trainer.model.named_modules() if n.endswith("lora_A.default"))
+        lora_a.register_forward_hook(lambda m, inp, out, c=compute: [seen.setdefault(c, inp[0].dtype), None][1])
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.run()
+        losses[compute] = _losses(tmp_path / compute)
+        changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+        assert changed and all("lora_" in n for n in changed)
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+    assert seen == {"fp32": torch.float32, "bf16": torch.bfloat16}
+    assert max(abs(a - b) for a, b in zip(losses["fp32"], losses["bf16"])) < 2e-2

@@ -187,6 +187,14 @@ class Trainer:
             f"{cfg.adapter.method}: {trainable / 1e6:.2f}M trainable ({100 * trainable / total:.2f}%)")
         self.loss_fn = SFTLoss(self.model, t.logits, log=log)
         log(f"logits: {self.loss_fn.mode}")
+        if cfg.adapter.compute == "bf16" and not full and self.dtype == torch.bfloat16:
+            # PEFT casts every adapted layer's input to the adapter's dtype (fp32): a copy of each
+            # activation and fp32 products; instead keep the bf16 input and let autocast run the
+            # rank-r products in bf16 over the fp32 weights (forward, checkpoint recompute, backward)
+            for m in self.model.modules():
+                if hasattr(m, "cast_input_dtype_enabled"):
+                    m.cast_input_dtype_enabled = False
+            self.autocast = True
         self.collate_fn = lambda exs: collate(exs, self.tokenizer.pad_token_id)
         self.count_targets = lambda b: int(b["mask"][:, 1:].sum())
         head_w = self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0
