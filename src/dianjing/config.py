@@ -103,11 +103,20 @@ class TrainConfig(_Strict):
     save_every: int | None = Field(None, ge=1, description="default: once per epoch and at the end")
     keep_last_n: int = Field(2, ge=1)
     threads: int | None = Field(None, ge=1)
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the transformer blocks (fuses their elementwise work: ~25% faster "
+        "and ~30% less memory on SmolLM2 for a one-time compile of about a minute); auto: on for models of "
+        "50M+ parameters when a C++ compiler is found")
     malloc_mmap_threshold_mb: float | None = Field(
         16, gt=0, le=32, description="Linux/glibc: allocations at least this large are mapped and unmapped "
         "on their own, so freed activations go back to the OS instead of fragmenting the heap (~30% lower "
         "peak memory for ~9% time on SmolLM2, bench/sft_vs_trl.py); null keeps glibc's adaptive default")
     max_bad_steps: int = Field(5, ge=1, description="stop after this many NaN/inf steps in a row")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:  # YAML reads a bare on/off as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 TASKS = ("sft", "classify", "pair", "tag", "extract-qa")

@@ -5,6 +5,7 @@ Follow it top to bottom: config → data → model + adapter → loss → steps 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -27,6 +28,9 @@ from dianjing.errors import DianjingError
 from dianjing.models.adapters import attach, count_params
 from dianjing.models.load import load_model, load_tokenizer, pick_dtype, resolve_model
 from dianjing.train import checkpoint as ckpt
+from dianjing.train.compile import compile_blocks
+from dianjing.train.compile import decide as compile_decide
+from dianjing.train.compile import eager as compile_eager
 from dianjing.train.loss import SFTLoss
 from dianjing.train.progress import Progress
 
@@ -98,13 +102,11 @@ class Trainer:
         self.model_path = resolve_model(cfg.model.name, log=log)
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code, log=log)
         self.dtype = pick_dtype(cfg.model.precision)
-        if cfg.model.precision == "auto":
-            # "auto" is a speed measurement and can come out differently under load: pin what this run
-            # uses, so that a resumed run computes in the same precision as the steps before it
-            cfg.model.precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"
-            if (run_dir / "config.yaml").exists():
-                (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        # "auto" is a speed measurement and can come out differently under load: pin what this run
+        # uses, so that a resumed run computes in the same precision as the steps before it
+        self._pin("precision", "bf16" if self.dtype == torch.bfloat16 else "fp32")
         self.autocast = False
+        self.compiled = False
         self.head = None  # the specialist's head, when the task is not sft
         if cfg.task.type == "sft":
             if cfg.model.random_init:
@@ -195,6 +197,12 @@ class Trainer:
                 if hasattr(m, "cast_input_dtype_enabled"):
                     m.cast_input_dtype_enabled = False
             self.autocast = True
+        # after the loss check above, so that its no-grad forward is not what gets compiled
+        self.compiled, why = compile_decide(cfg.train.compile, self.model)
+        log(why)
+        if self.compiled:
+            compile_blocks(self.model)
+        self._pin("compile", "on" if self.compiled else "off")
         self.collate_fn = lambda exs: collate(exs, self.tokenizer.pad_token_id)
         self.count_targets = lambda b: int(b["mask"][:, 1:].sum())
         head_w = self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0
@@ -224,6 +232,15 @@ class Trainer:
         self.flops_per_token, self.flops_per_target = 6 * total, 0
 
     # -- data position -------------------------------------------------------------
+    def _pin(self, key: str, value: str) -> None:
+        """Write what an 'auto' setting resolved to into the run's config.yaml, so --resume does the same."""
+        section = self.cfg.model if key == "precision" else self.cfg.train
+        if getattr(section, key) != "auto":
+            return
+        setattr(section, key, value)
+        if (self.run_dir / "config.yaml").exists():
+            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
+
     def micro_batch(self, k: int) -> dict:
         """The k-th micro-batch of the run, counted across epochs."""
         epoch, i = divmod(k, self.batches_per_epoch)
@@ -246,9 +263,10 @@ class Trainer:
         self.model.eval()
         tot, n = 0.0, 0
         bs = self.cfg.train.batch_size
-        for s in range(0, len(self.eval_set), bs):
-            loss, k = self._forward(self.collate_fn(self.eval_set[s:s + bs]))
-            tot, n = tot + float(loss), n + k
+        with compile_eager() if self.compiled else contextlib.nullcontext():  # no second compile for no-grad
+            for s in range(0, len(self.eval_set), bs):
+                loss, k = self._forward(self.collate_fn(self.eval_set[s:s + bs]))
+                tot, n = tot + float(loss), n + k
         self.model.train()
         return tot / max(1, n)
 

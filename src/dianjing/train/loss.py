@@ -16,13 +16,18 @@ CHUNK_ELEMENTS = 1 << 26  # logits computed per chunk: vocab × rows ≤ 64M flo
 _BUFFERS: dict = {}  # reused logits buffers: a fresh 256 MB block per chunk costs page faults
 
 
-def _buffer(rows: int, cols: int, dtype: torch.dtype, slot: int) -> torch.Tensor:
-    key = (rows, cols, dtype, slot)
+def _buffer(rows: int, cols: int, dtype: torch.dtype, slot: int, capacity: int) -> torch.Tensor:
+    """A contiguous [rows, cols] view of a reused flat block of `capacity` elements.
+
+    Every chunk of a step (and of the next steps) writes into the same block, so its pages
+    are faulted in once per run instead of once per chunk (on CPU a fresh 256 MB tensor
+    costs ~65k page faults, measured at ~0.25 s per chunk on SmolLM2)."""
+    key = (capacity, dtype, slot)
     if key not in _BUFFERS:
         if len(_BUFFERS) > 4:
             _BUFFERS.clear()
-        _BUFFERS[key] = torch.empty(rows, cols, dtype=dtype)
-    return _BUFFERS[key]
+        _BUFFERS[key] = torch.empty(capacity, dtype=dtype)
+    return _BUFFERS[key][: rows * cols].view(rows, cols)
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -42,21 +47,32 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros(vocab, dtype=torch.float32) if need_b else None
         total = torch.zeros((), dtype=torch.float32)
-        on_cpu = h.device.type == "cpu" and weight.dtype == torch.float32
+        on_cpu = h.device.type == "cpu"
+        # bf16 frozen weights, or a bf16 body under autocast: the products run in bf16 (each
+        # into its own reused block), the softmax in fp32
+        cd = torch.bfloat16 if torch.bfloat16 in (weight.dtype, h.dtype) else torch.float32
+        low = cd != torch.float32
+        wc = weight.to(cd) if on_cpu else weight
+        cap = vocab * max(1, CHUNK_ELEMENTS // vocab)  # one block size whatever this batch's n
         for s in range(0, n, chunk):
             hc, yc = h[s:s + chunk], targets[s:s + chunk]
             m_ = hc.shape[0]
             cols = torch.arange(m_, device=h.device)
-            if on_cpu and m_ == chunk:
-                z = _buffer(vocab, chunk, torch.float32, 0)
-                torch.mm(weight, hc.t(), out=z)
+            if on_cpu:
+                z = _buffer(vocab, m_, torch.float32, 0, cap)
+                if low:
+                    zl = _buffer(vocab, m_, cd, 1, cap)
+                    torch.mm(wc, hc.t().to(cd), out=zl)
+                    z.copy_(zl)
+                else:
+                    torch.mm(wc, hc.t().to(cd), out=z)
             else:
                 z = (weight @ hc.t()).float()
             if bias is not None:
                 z += bias.float()[:, None]
             if softcap:
                 z.div_(softcap).tanh_()
-                t = z.clone()
+                t = _buffer(vocab, m_, torch.float32, 2, cap).copy_(z) if on_cpu else z.clone()
                 z.mul_(softcap)
             z_y = z[yc, cols]
             mx = z.amax(0, keepdim=True)
@@ -71,6 +87,13 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 z.mul_(t.square_().neg_().add_(1.0))
             if need_b:
                 grad_b += z.sum(1)
+            if on_cpu:
+                g = zl.copy_(z) if low else z  # back into the bf16 block: no new allocation
+                if need_h:
+                    grad_h[s:s + m_] = g.t() @ wc
+                if need_w:
+                    grad_w += (g @ hc.to(cd)).float()
+                continue
             g = z if weight.dtype == torch.float32 else z.to(weight.dtype)
             if need_h:
                 grad_h[s:s + m_] = g.t() @ weight
