@@ -195,11 +195,12 @@ def worker(side: str, spec_path: str) -> None:
 
 # ---------------------------------------------------------------------------- driver
 def summarise(res: dict, flops_tok: float, flops_sup: float, peak: float) -> dict:
-    # the first step is warm-up (allocator, kernels): throughput is over the steps after it
+    # the first step is warm-up (allocator, kernels, and dianjing's torch.compile): throughput is over
+    # the steps after it; the first step's own time is reported beside it
     t = res["ends"][-1] - res["ends"][0]
     tok, sup = sum(res["tokens"][1:]), sum(res["supervised"][1:])
     return {"tokens_per_s": tok / t, "supervised_per_s": sup / t, "s_per_step": t / (len(res["ends"]) - 1),
-            "peak_rss_mb": res["peak_rss_mb"], "losses": res["losses"],
+            "peak_rss_mb": res["peak_rss_mb"], "losses": res["losses"], "first_step_s": res["ends"][0],
             "mfu": (flops_tok * tok + flops_sup * sup) / t / (peak * 1e9)}
 
 
@@ -278,7 +279,8 @@ def main() -> None:
         if len(best) == 1:
             (side, r), = best.items()
             print(f"{workload} {side}: {r['tokens_per_s']:.1f} tokens/s, {r['s_per_step']:.2f} s/step, "
-                  f"peak {r['peak_rss_mb'] / 1024:.2f} GiB, MFU {100 * r['mfu']:.1f}%, losses {r['losses']}")
+                  f"peak {r['peak_rss_mb'] / 1024:.2f} GiB, MFU {100 * r['mfu']:.1f}%, first step {r['first_step_s']:.1f} s, "
+                  f"losses {r['losses']}")
             continue
         d, t = best["dianjing"], best["trl"]
         # grouped: the sides train different batches per step, so their losses are not comparable
@@ -291,10 +293,10 @@ def main() -> None:
               f"{'file order' if args.order == 'file' else 'length-grouped batches'}; "
               f"TRL {__import__('trl').__version__} defaults otherwise (gradient checkpointing on); "
               f"dianjing defaults{' + ' + ' '.join(args.dianjing_set) if args.dianjing_set else ''}")
-        print(f"{'':10} {'tokens/s':>9} {'sup tok/s':>9} {'s/step':>7} {'peak RSS':>9} {'MFU':>6}  losses")
+        print(f"{'':10} {'tokens/s':>9} {'sup tok/s':>9} {'s/step':>7} {'peak RSS':>9} {'MFU':>6} {'1st step':>8}  losses")
         for side, r in best.items():
             print(f"{side:10} {r['tokens_per_s']:9.1f} {r['supervised_per_s']:9.1f} {r['s_per_step']:7.2f} "
-                  f"{r['peak_rss_mb'] / 1024:7.2f}Gi {100 * r['mfu']:5.1f}%  "
+                  f"{r['peak_rss_mb'] / 1024:7.2f}Gi {100 * r['mfu']:5.1f}% {r['first_step_s']:7.1f}s  "
                   + " ".join(f"{l:.4f}" for l in r["losses"]))
         print(f"{'ratio':10} {d['tokens_per_s'] / t['tokens_per_s']:9.2f}x {'':9} {'':7} "
               f"{d['peak_rss_mb'] / t['peak_rss_mb']:8.2f}x  {check}")
@@ -308,6 +310,7 @@ def main() -> None:
             "dianjing_peak_rss_mb": round(d["peak_rss_mb"]), "trl_peak_rss_mb": round(t["peak_rss_mb"]),
             "ratio_peak_rss": round(d["peak_rss_mb"] / t["peak_rss_mb"], 3),
             "mfu": round(d["mfu"], 4), "trl_mfu": round(t["mfu"], 4), "loss_max_abs_diff": diff,
+            "dianjing_first_step_s": round(d["first_step_s"], 1), "trl_first_step_s": round(t["first_step_s"], 1),
             "dianjing_set": args.dianjing_set, "dianjing_losses": d["losses"], "trl_losses": t["losses"],
             "peak_gflops_fp32": round(peak32, 1), "peak_gflops_bf16": round(peak16, 1)}), flush=True)
 

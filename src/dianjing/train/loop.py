@@ -231,7 +231,6 @@ class Trainer:
         self.count_targets = self.head.count_targets
         self.flops_per_token, self.flops_per_target = 6 * total, 0
 
-    # -- data position -------------------------------------------------------------
     def _pin(self, key: str, value: str) -> None:
         """Write what an 'auto' setting resolved to into the run's config.yaml, so --resume does the same."""
         section = self.cfg.model if key == "precision" else self.cfg.train
@@ -241,6 +240,7 @@ class Trainer:
         if (self.run_dir / "config.yaml").exists():
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
 
+    # -- data position -------------------------------------------------------------
     def micro_batch(self, k: int) -> dict:
         """The k-th micro-batch of the run, counted across epochs."""
         epoch, i = divmod(k, self.batches_per_epoch)
