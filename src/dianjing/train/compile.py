@@ -3,8 +3,9 @@
 Eager PyTorch runs each small operation of a block on its own: RMSNorm's square, mean,
 rsqrt and scale, rotary embeddings, SiLU times the up projection, each adapter's scale and
 add — every one reads and writes a whole activation. Inductor fuses those into a few
-loops per block, which on a 2-core CPU was worth 201 → 249 tokens/s and 2.4 → 1.7 GiB
-on SmolLM2 (bench/sft_vs_trl.py), for a one-time compile of about 40 s at the first step.
+loops per block, which on a 2-core CPU was worth 174 → 218 tokens/s and 2.4 → 1.8 GiB on
+SmolLM2 (bench/sft_vs_trl.py --order grouped, Alpaca), for a one-time compile of about 40 s
+at the first step (a few seconds once inductor's on-disk cache holds the graphs).
 
 Only the repeated blocks are compiled (one graph shared by every block of a kind, with
 dynamic sequence lengths), not the embedding, the loss or the optimiser. A block that
@@ -41,7 +42,7 @@ def find_blocks(model) -> list[torch.nn.Module]:
     return best
 
 
-def decide(setting: str, model, device: str = "cpu") -> tuple[bool, str]:
+def decide(setting: str, model) -> tuple[bool, str]:
     """Whether to compile, and why (for the log)."""
     if setting == "off":
         return False, "compile: off (train.compile)"
@@ -51,7 +52,7 @@ def decide(setting: str, model, device: str = "cpu") -> tuple[bool, str]:
     if setting == "on":
         return True, f"compile: {len(blocks)} blocks with torch.compile (train.compile: on)"
     n = sum(p.numel() for p in model.parameters())
-    if device == "cpu" and _cxx() is None:
+    if _cxx() is None:
         return False, ("compile: off (no C++ compiler for torch.compile on CPU; install g++ for ~20% faster "
                        "steps, or set train.compile: off to silence this)")
     if n < AUTO_MIN_PARAMS:

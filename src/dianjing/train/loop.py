@@ -104,7 +104,7 @@ class Trainer:
         self.dtype = pick_dtype(cfg.model.precision)
         # "auto" is a speed measurement and can come out differently under load: pin what this run
         # uses, so that a resumed run computes in the same precision as the steps before it
-        self._pin("precision", "bf16" if self.dtype == torch.bfloat16 else "fp32")
+        self._pin(cfg.model, "precision", "bf16" if self.dtype == torch.bfloat16 else "fp32")
         self.autocast = False
         self.compiled = False
         self.head = None  # the specialist's head, when the task is not sft
@@ -202,7 +202,7 @@ class Trainer:
         log(why)
         if self.compiled:
             compile_blocks(self.model)
-        self._pin("compile", "on" if self.compiled else "off")
+        self._pin(cfg.train, "compile", "on" if self.compiled else "off")
         self.collate_fn = lambda exs: collate(exs, self.tokenizer.pad_token_id)
         self.count_targets = lambda b: int(b["mask"][:, 1:].sum())
         head_w = self.loss_fn.head.weight.numel() if self.loss_fn.head is not None else 0
@@ -231,9 +231,8 @@ class Trainer:
         self.count_targets = self.head.count_targets
         self.flops_per_token, self.flops_per_target = 6 * total, 0
 
-    def _pin(self, key: str, value: str) -> None:
+    def _pin(self, section, key: str, value: str) -> None:
         """Write what an 'auto' setting resolved to into the run's config.yaml, so --resume does the same."""
-        section = self.cfg.model if key == "precision" else self.cfg.train
         if getattr(section, key) != "auto":
             return
         setattr(section, key, value)
