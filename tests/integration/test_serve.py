@@ -21,6 +21,7 @@ from dianjing.config import load_config
 from dianjing.infer.generate import SamplingParams, complete, prompt_ids
 from dianjing.infer.load import load_run
 from dianjing.train.loop import train
+from tests.serving import running
 
 KEY = "test-key"
 ASK = [{"role": "user", "content": "Say the number 3."}]
@@ -46,22 +47,6 @@ def runs(tiny_llama, tmp_path_factory):
     return out
 
 
-def _start(app):
-    """Run the app with uvicorn in a thread on a free loopback port; returns (server, thread, base url)."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 @pytest.fixture(scope="module")
 def served(runs):
     from dianjing.infer.batcher import load_models
@@ -69,11 +54,8 @@ def served(runs):
 
     models = load_models([str(runs["alpha"]), str(runs["beta"])], precision="fp32", log=lambda *_: None)
     app = create_app(models, api_key=KEY, limits=Limits(max_tokens=200), max_batch=8, log=lambda *_: None)
-    server, thread, url = _start(app)
-    yield app, url
-    server.should_exit = True
-    thread.join(10)
-    assert not thread.is_alive()
+    with running(app) as (_, url):
+        yield app, url
 
 
 @pytest.fixture
@@ -162,8 +144,10 @@ def test_errors_are_openai_error_objects(client, served):
     url, auth = served[1], {"Authorization": f"Bearer {KEY}"}
 
     def post(body):
-        kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-        return httpx.post(url + "/v1/chat/completions", headers=auth, **kw)
+        if isinstance(body, bytes):
+            return httpx.post(url + "/v1/chat/completions", content=body,
+                              headers={**auth, "Content-Type": "application/json"})
+        return httpx.post(url + "/v1/chat/completions", headers=auth, json=body)
 
     assert _error(post(b"{not json"), 400)["code"] == "invalid_json"
     assert _error(post({"model": "alpha", "messages": ASK, "temperature": 5}), 400)["param"] == "temperature"
@@ -266,8 +250,7 @@ def test_sigterm_lets_running_requests_finish(runs):
         proc.send_signal(signal.SIGTERM)
         chunks += list(stream)
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-        # uvicorn re-raises the signal once it has shut down gracefully, so the exit is "killed by SIGTERM"
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # a handled SIGTERM is a normal exit
         log = proc.stdout.read()
         # Whether the stream was still generating when the signal landed depends on timing (a
         # tiny model finishes 200 tokens in well under a second), so it is not asserted here;

@@ -142,3 +142,23 @@ def test_other_caches_are_refused():
     assert not can_rearrange(object())
     with pytest.raises(TypeError, match="cannot rearrange"):
         select(KVBatch(object(), torch.ones(2, 3, dtype=torch.long)), [0])
+
+
+def test_a_tiny_temperature_samples_the_likeliest_token():
+    """logits / 1e-300 overflows: the softmax used to be NaN and the draw always the last token."""
+    from dianjing.infer.generate import _sample
+
+    gen = torch.Generator().manual_seed(0)
+    for seed in range(20):
+        logits = torch.randn(50, generator=torch.Generator().manual_seed(seed)) * 5
+        for top_p in (1.0, 0.9):
+            p = SamplingParams(temperature=1e-300, top_p=top_p)
+            assert _sample(logits, p, gen) == int(logits.argmax())
+            assert _sample(logits.bfloat16(), p, gen) == int(logits.bfloat16().argmax())
+
+
+def test_answer_start_drops_only_the_leading_whitespace():
+    from dianjing.infer.generate import AnswerStart
+
+    start = AnswerStart()
+    assert [start(p) for p in (" ", "\n", " Hi", " there", " ")] == ["", "", "Hi", " there", " "]

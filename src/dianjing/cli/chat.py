@@ -114,6 +114,7 @@ def remote_replier(args) -> Replier:
 def run(args) -> int:
     from dianjing.cli import log
     from dianjing.errors import DianjingError
+    from dianjing.infer.generate import AnswerStart
 
     if (args.url is None) == (args.target is None):
         raise DianjingError("give either RUN_OR_MODEL or --url URL",
@@ -125,12 +126,11 @@ def run(args) -> int:
 
     def answer(text: str) -> str:
         history.append({"role": "user", "content": text})
-        parts = []
+        parts, start = [], AnswerStart()
         for piece in reply(history):
-            if not parts:
-                piece = piece.lstrip()  # templates like "AI: answer" put a space before the answer
-                if not piece:
-                    continue
+            piece = start(piece)
+            if not piece:
+                continue
             sys.stdout.write(piece)
             sys.stdout.flush()
             parts.append(piece)

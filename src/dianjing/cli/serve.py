@@ -27,38 +27,44 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for generation (default: torch's choice; 1 can be faster on a busy machine)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="seconds that running requests get to finish after SIGTERM / Ctrl-C")
+                   help="seconds that running requests get to finish after SIGTERM / Ctrl-C; after that, open "
+                        "streams get an error event and [DONE], waiting requests a 503")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser origin allowed to call the API, e.g. http://localhost:3000 for a chat UI "
+                        "(repeat for several; '*' allows any page). Without it, requests from web pages are refused")
+    p.add_argument("--max-waiting", type=int, default=256,
+                   help="requests that may wait for a slot; beyond that they get 429 with Retry-After")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import uvicorn
-
     from dianjing.cli import log
     from dianjing.errors import DianjingError
     from dianjing.infer.batcher import load_models
-    from dianjing.infer.server import Limits, create_app
+    from dianjing.infer.server import Limits, Server, create_app
 
     api_key = args.api_key or os.environ.get("DIANJING_API_KEY") or None
-    if min(args.max_batch, args.max_tokens_limit, 1 if args.threads is None else args.threads) < 1:
-        raise DianjingError("--max-batch, --max-tokens-limit and --threads must be at least 1")
+    if min(args.max_batch, args.max_tokens_limit, args.max_waiting, 1 if args.threads is None else args.threads) < 1:
+        raise DianjingError("--max-batch, --max-tokens-limit, --max-waiting and --threads must be at least 1")
+    if args.shutdown_timeout < 0:
+        raise DianjingError("--shutdown-timeout must be 0 or more seconds")
     check_port(args.host, args.port)  # before loading the model, which can take minutes
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     models = load_models(args.targets, args.precision, log=log)
-    limits = Limits(max_tokens=args.max_tokens_limit)
-    app = create_app(models, api_key=api_key, limits=limits, max_batch=args.max_batch, log=log)
+    limits = Limits(max_tokens=args.max_tokens_limit, max_waiting=args.max_waiting)
+    app = create_app(models, api_key=api_key, limits=limits, max_batch=args.max_batch,
+                     loopback=args.host in LOOPBACK, cors_origins=tuple(args.cors_origin), log=log)
     if args.host not in LOOPBACK and api_key is None:
         log(f"warning: listening on {args.host} without an API key: anyone who can reach this port can use "
             "the model (set --api-key or DIANJING_API_KEY)")
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/v1"
     log(f"models: {', '.join(models.served)}")
     log(f"OpenAI-compatible API at {url}; try: dianjing chat --url {url} --model {next(iter(models.served))}")
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                            timeout_graceful_shutdown=args.shutdown_timeout)
-    uvicorn.Server(config).run()  # SIGTERM / Ctrl-C: stop accepting, let requests finish, stop the worker
+    # SIGTERM / Ctrl-C: stop accepting, let requests finish within the grace period, then end the rest
+    Server(app, host=args.host, port=args.port, grace=args.shutdown_timeout).run()
     return 0
 
 

@@ -12,11 +12,15 @@ away, and the others carry on. Requests for another adapter wait until the runni
 drained, so one busy adapter cannot starve the others.
 
 The worker reports back through each request's `emit` callback (thread-safe, e.g. a
-`loop.call_soon_threadsafe` onto an asyncio queue) with these events:
+`loop.call_soon_threadsafe` onto an asyncio queue) with typed events: `Text` (a piece of one
+choice's answer), `Done` (a choice ended: finish reason and tokens generated) and `Failed`
+(the request failed; no more events follow).
 
-    ("text", choice_index, piece)                      a piece of generated text
-    ("done", choice_index, finish_reason, n_tokens)   "stop" or "length"; tokens generated
-    ("error", message, http_status)                    the request failed; no more events
+The worker must not die of one request. An exception while prefilling fails only the
+requests being admitted, one while decoding only the running batch; both get a `Failed`
+with a generic message (the traceback goes to the log). Should the worker thread itself
+ever end for another reason, `alive` turns false, every request still waiting or running
+gets a `Failed` (503) and `submit` refuses new ones, so nobody waits forever.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from dianjing.infer.generate import (KVBatch, SamplingParams, TextStream, can_re
 from dianjing.infer.load import is_run, load_run
 from dianjing.models.load import load_model, load_tokenizer, pick_dtype, resolve_model
 
-MAX_PREFILL_TOKENS = 16384  # padded prompt tokens admitted in one prefill (bounds its memory)
+MAX_PREFILL_TOKENS = 16384  # padded prompt tokens admitted in one prefill (bounds its memory); a single
+# prompt longer than this is still prefilled, alone; a request's n choices share one prefilled row
 BASE = "base"
 ADAPTER_METHODS = ("lora", "dora", "ia3")  # adapters PEFT can hold side by side and switch per batch
 
@@ -148,10 +153,48 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
     return ModelSet(model, served)
 
 
-# --- the worker ---------------------------------------------------------------------------------
+# --- events and requests ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
+class Text:
+    """A piece of the answer of choice `index`."""
+
+    index: int
+    piece: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """Choice `index` ended: reason "stop" (EOS or a stop string) or "length"; `tokens` generated."""
+
+    index: int
+    reason: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request failed; no more events follow. `message` is safe to show a client."""
+
+    message: str
+    status: int
+
+
+Event = Text | Done | Failed
+
+GENERATION_FAILED = "generation failed; the server log has the details"
+
+
+class Refused(Exception):
+    """`Batcher.submit` cannot take a request: full (429), shutting down or worker stopped (503)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(eq=False)  # identity semantics: requests are kept in sets, dicts and deques
 class GenRequest:
     """One API request: a prompt, `n` choices sampled from it, and where to send the results."""
 
@@ -160,13 +203,15 @@ class GenRequest:
     adapter: str  # a name the batcher's `activate` callback understands
     tokenizer: object
     eos: set[int]
-    emit: Callable[[tuple], None]
+    emit: Callable[[Event], None]
     stops: tuple[str, ...] = ()
     n: int = 1
     cancelled: bool = False  # set by `Batcher.cancel`; the worker drops the request's rows
+    finished: bool = False  # every choice is done, or the request failed: no more events
+    n_done: int = 0  # choices that have ended
 
 
-@dataclass
+@dataclass(eq=False)
 class _Row:
     req: GenRequest
     index: int
@@ -174,6 +219,9 @@ class _Row:
     text: TextStream
     tokens: int = 0
     pending: int = 0  # the last sampled token, not yet fed to the model
+
+
+# --- the worker ---------------------------------------------------------------------------------
 
 
 class Batcher:
@@ -189,9 +237,10 @@ class Batcher:
         self._adapter: str | None = None
         self._rearrange = True  # can rows be added to and dropped from a running batch?
         self._stopping = False
+        self._down: str | None = None  # why the worker is not running (None while it is)
         self._thread: threading.Thread | None = None
-        self.stats = {"requests": 0, "prefills": 0, "steps": 0, "generated_tokens": 0, "max_batch_size": 0,
-                      "cancelled": 0}
+        self.stats = {"requests": 0, "prefills": 0, "prefill_rows": 0, "steps": 0, "generated_tokens": 0,
+                      "max_batch_size": 0, "cancelled": 0, "failed": 0}
 
     # --- called from the server (any thread) ---
 
@@ -199,18 +248,43 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="dianjing-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, req: GenRequest) -> None:
+    @property
+    def alive(self) -> bool:
+        """Is the worker running and taking requests?"""
+        return (self._down is None and not self._stopping and self._thread is not None
+                and self._thread.is_alive())
+
+    @property
+    def down_reason(self) -> str | None:
+        if self._stopping:
+            return "the server is shutting down"
+        if self._down is not None:
+            return self._down
+        if self._thread is None or not self._thread.is_alive():
+            return "the generation worker is not running"
+        return None
+
+    def submit(self, req: GenRequest, max_waiting: int | None = None) -> None:
+        """Queue a request, or raise `Refused`. The room check and the append are one step, so
+        `max_waiting` holds exactly however many clients submit at once."""
+        if not req.ids:
+            raise ValueError("a request needs at least one prompt token")
         with self._cond:
-            if self._stopping:
-                raise RuntimeError("the server is shutting down")
+            reason = self.down_reason
+            if reason is not None:
+                raise Refused(503, reason)
+            if max_waiting is not None and len(self._waiting) >= max_waiting:
+                raise Refused(429, f"{len(self._waiting)} requests are already waiting; retry later")
             self._waiting.append(req)
             self.stats["requests"] += 1
             self._cond.notify()
 
     def cancel(self, req: GenRequest) -> None:
         """Forget a request (its client went away); its rows leave the batch at the next step."""
-        req.cancelled = True
         with self._cond:
+            if req.finished or req.cancelled:
+                return
+            req.cancelled = True
             self.stats["cancelled"] += 1
             if req in self._waiting:
                 self._waiting.remove(req)
@@ -223,42 +297,71 @@ class Batcher:
         return sum(r is not None for r in self._rows)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker; requests still waiting or running get an error event."""
+        """Stop the worker; requests still waiting or running get a `Failed` (503)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout)
         with self._cond:  # the worker normally does this itself; repeat in case it was stuck
-            self._fail(list(self._waiting) + [r.req for r in self._rows if r is not None],
-                       "the server is shutting down", 503)
+            pending = list(self._waiting) + [r.req for r in self._rows if r is not None]
             self._waiting.clear()
+        self._fail(pending, "the server is shutting down", 503)
 
     # --- the worker thread ---
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
-        while True:
+        why = "the server is shutting down"
+        try:
+            while self._next():
+                pass
+        except BaseException:  # not one request's failure (those are handled in _next): the worker ends
+            self.log(f"the generation worker stopped:\n{traceback.format_exc()}")
+            why = "the generation worker stopped; the server log has the details; restart the server"
+        finally:
             with self._cond:
-                while not self._stopping and not self._waiting and not self._rows:
-                    self._cond.wait()
-                if self._stopping:
-                    break
-                admit = self._admit()
-            try:
-                if admit:
-                    self._prefill(admit)
-                if self._rows:
-                    self._step()
-            except Exception as e:  # a bug or out of memory: fail these requests, keep serving others
-                self.log(f"generation failed:\n{traceback.format_exc()}")
-                self._fail(admit + [r.req for r in self._rows if r is not None], f"generation failed: {e}", 500)
+                if not self._stopping:
+                    self._down = why
+                pending = list(self._waiting) + [r.req for r in self._rows if r is not None]
+                self._waiting.clear()
                 self._rows, self._batch = [], None
+            self._fail(pending, why, 503)
+
+    def _next(self) -> bool:
+        """Admit waiting requests and run one decoding step; False once the worker should stop."""
         with self._cond:
-            self._fail(list(self._waiting) + [r.req for r in self._rows if r is not None],
-                       "the server is shutting down", 503)
-            self._waiting.clear()
-            self._rows, self._batch = [], None
+            while not self._stopping and not self._waiting and not self._rows:
+                self._cond.wait()
+            if self._stopping:
+                return False
+            admit = self._admit()
+        if admit:
+            try:
+                new = self._prefill(admit)
+            except Exception:  # a bug or out of memory in these prompts: fail them, keep the batch
+                self._failed_step(admit)
+                new = None
+            if new is not None:
+                try:
+                    self._join(*new)
+                except Exception:  # the running batch may be half-merged: fail all of it
+                    self._failed_step(admit + self._live_requests())
+                    self._rows, self._batch = [], None
+        if self._rows:
+            try:
+                self._step()
+            except Exception:
+                self._failed_step(self._live_requests())
+                self._rows, self._batch = [], None
+        return True
+
+    def _live_requests(self) -> list[GenRequest]:
+        return [r.req for r in self._rows if r is not None]
+
+    def _failed_step(self, reqs: list[GenRequest]) -> None:
+        self.log(f"generation failed for {len(set(reqs))} request(s):\n{traceback.format_exc()}")
+        self._fail(reqs, GENERATION_FAILED, 500)
 
     def _admit(self) -> list[GenRequest]:
         """Pick waiting requests to join the batch (called with the lock held)."""
@@ -277,25 +380,38 @@ class Batcher:
         for req in list(self._waiting):
             if req.adapter != adapter:
                 continue
+            # one prefilled row per request (its n choices copy it), so the prefill holds
+            # len(taken) rows of the longest prompt; a lone prompt is admitted whatever its length
             fits = (rows + req.n <= room
-                    and (rows + req.n) * max(longest, len(req.ids)) <= MAX_PREFILL_TOKENS)
+                    and (len(taken) + 1) * max(longest, len(req.ids)) <= MAX_PREFILL_TOKENS)
             if not fits and (taken or self._rows):
                 break  # first come, first served: later requests do not overtake this one
             taken.append(req)
             self._waiting.remove(req)
             rows, longest = rows + req.n, max(longest, len(req.ids))
+            if rows >= room:
+                break
         return taken
 
-    def _prefill(self, reqs: list[GenRequest]) -> None:
+    def _prefill(self, reqs: list[GenRequest]) -> tuple[KVBatch, list[_Row | None]] | None:
+        """Prefill the prompts (one row each), copy each row for its n choices, sample the first tokens."""
         self._adapter = reqs[0].adapter
         self.activate(self._adapter)
+        batch, logits = prefill(self.model, [req.ids for req in reqs], self.pad_id)
+        self.stats["prefills"] += 1
+        self.stats["prefill_rows"] += len(reqs)
+        if any(req.n > 1 for req in reqs):
+            copies = [i for i, req in enumerate(reqs) for _ in range(req.n)]
+            if can_rearrange(batch.cache):
+                batch, logits = select(batch, copies), logits[copies]
+            else:  # a cache that cannot be indexed by row: prefill every choice's row
+                batch, logits = prefill(self.model, [reqs[i].ids for i in copies], self.pad_id)
+                self.stats["prefill_rows"] += len(copies)
         rows = [_Row(req, i, _generator(req.params.seed, i), TextStream(req.tokenizer, (*req.stops, *req.params.stop)))
                 for req in reqs for i in range(req.n)]
-        batch, logits = prefill(self.model, [r.req.ids for r in rows], self.pad_id)
-        self.stats["prefills"] += 1
         keep = self._advance(rows, logits)
         if not keep:
-            return
+            return None
         if self._batch is None:
             self._rearrange = can_rearrange(batch.cache)
         if len(keep) < len(rows):
@@ -304,6 +420,10 @@ class Batcher:
                 rows = [rows[i] for i in keep]
             else:
                 rows = [r if i in keep else None for i, r in enumerate(rows)]
+        return batch, rows
+
+    def _join(self, batch: KVBatch, rows: list[_Row | None]) -> None:
+        """Add freshly prefilled rows to the running batch."""
         if self._batch is None:
             self._batch, self._rows = batch, rows
         else:
@@ -352,7 +472,7 @@ class Batcher:
                 self.stats["generated_tokens"] += 1
                 piece = row.text.push(tok)
                 if piece:
-                    self._emit(row.req, ("text", row.index, piece))
+                    self._emit(row.req, Text(row.index, piece))
                 if row.text.stopped:
                     reason = "stop"
                 elif row.tokens >= row.req.params.max_new_tokens:
@@ -363,21 +483,31 @@ class Batcher:
                 continue
             piece = row.text.finish()
             if piece:
-                self._emit(row.req, ("text", row.index, piece))
-            self._emit(row.req, ("done", row.index, reason, row.tokens))
+                self._emit(row.req, Text(row.index, piece))
+            self._emit(row.req, Done(row.index, reason, row.tokens))
         return keep
 
-    def _emit(self, req: GenRequest, event: tuple) -> None:
+    def _emit(self, req: GenRequest, event: Event) -> None:
+        if isinstance(event, Done):
+            req.n_done += 1
+            req.finished = req.n_done >= req.n
         try:
             req.emit(event)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
             req.cancelled = True
 
     def _fail(self, reqs: list[GenRequest], message: str, status: int) -> None:
-        for req in dict.fromkeys(reqs):  # once per request, in order
-            if not req.cancelled:
-                self._emit(req, ("error", message, status))
-                req.cancelled = True
+        seen: set[int] = set()
+        for req in reqs:  # once per request, in order
+            if id(req) in seen or req.finished or req.cancelled:
+                continue
+            seen.add(id(req))
+            self.stats["failed"] += 1
+            req.finished = True
+            try:
+                req.emit(Failed(message, status))
+            except RuntimeError:
+                pass
 
 
 def _generator(seed: int | None, index: int) -> torch.Generator | None:

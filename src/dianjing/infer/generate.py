@@ -51,17 +51,25 @@ def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
     """
     if p.temperature <= 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / p.temperature, dim=-1)
+    probs = _probs(logits, p.temperature)
     order = None
     if p.top_p < 1.0:
         probs, order = probs.topk(min(TOP_P_FIRST_K, probs.numel()))  # sorted, likeliest first
         if float(probs.sum()) < p.top_p and len(order) < logits.numel():  # a wide nucleus: sort them all
-            probs, order = torch.softmax(logits.float() / p.temperature, dim=-1).sort(descending=True)
+            probs, order = _probs(logits, p.temperature).sort(descending=True)
         probs = probs * (probs.cumsum(0) - probs < p.top_p)
     cdf = probs.cumsum(0)
     u = torch.rand(1, generator=gen, dtype=cdf.dtype) * cdf[-1]
     i = min(int(torch.searchsorted(cdf, u, right=True)), len(cdf) - 1)
     return int(order[i]) if order is not None else i
+
+
+def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / temperature), shifted by the largest logit first: at a tiny temperature
+    (1e-300) the plain quotient overflows to inf and the softmax to NaN; shifted, the likeliest
+    token's term is exactly 0 and the others go to -inf, i.e. greedy in the limit, as they should."""
+    x = logits.float()
+    return torch.softmax((x - x.max()) / temperature, dim=-1)
 
 
 def sample_rows(logits: torch.Tensor, params: list[SamplingParams],
@@ -70,6 +78,20 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams],
     if all(p.temperature <= 0 for p in params):
         return logits.argmax(-1).tolist()
     return [_sample(logits[i], p, g) for i, (p, g) in enumerate(zip(params, gens))]
+
+
+class AnswerStart:
+    """Drops the whitespace an answer starts with: templates like "AI: answer" put a space
+    before it, and that space belongs to the template. Call it on each piece in order."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, piece: str) -> str:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        return piece
 
 
 class TextStream:
