@@ -151,8 +151,8 @@ def test_a_tiny_temperature_samples_the_likeliest_token():
     gen = torch.Generator().manual_seed(0)
     for seed in range(20):
         logits = torch.randn(50, generator=torch.Generator().manual_seed(seed)) * 5
-        for top_p in (1.0, 0.9):
-            p = SamplingParams(temperature=1e-300, top_p=top_p)
+        for top_p, t in ((1.0, 1e-300), (0.9, 1e-300), (1.0, 1e-5), (0.9, 1e-5)):  # 1e-5: the shifted softmax
+            p = SamplingParams(temperature=t, top_p=top_p)
             assert _sample(logits, p, gen) == int(logits.argmax())
             assert _sample(logits.bfloat16(), p, gen) == int(logits.bfloat16().argmax())
 

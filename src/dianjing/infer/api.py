@@ -18,8 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dianjing.infer.batcher import Served
 from dianjing.infer.generate import SamplingParams
 
-MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy (the distribution is a point up to rounding)
-
 
 @dataclass
 class Limits:
@@ -271,7 +269,6 @@ def _job(req: _Common, served: Served, ids: list[int], stops: tuple[str, ...], c
             raise ApiError(400, f"{where} has {len(s)} characters; a stop sequence may have at most "
                                 f"{limits.max_stop_chars}", param=where)
     budget = min(max_tokens or min(limits.default_max_tokens, limits.max_tokens), ctx - len(ids))
-    temperature = 0.0 if req.temperature < MIN_TEMPERATURE else req.temperature
-    params = SamplingParams(budget, temperature, req.top_p, stop, req.seed)
+    params = SamplingParams(budget, req.temperature, req.top_p, stop, req.seed)
     include_usage = bool(req.stream and (req.stream_options or {}).get("include_usage"))
     return Job(served, ids, params, req.n, stops, req.stream, include_usage, strip_start)

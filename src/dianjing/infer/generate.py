@@ -38,6 +38,8 @@ def eos_ids(model, tokenizer) -> set[int]:
     return eos
 
 
+MIN_TEMPERATURE = 1e-6  # below this sampling is greedy: in fp32 (x - max) / t underflows t to 0 (0 / 0 = NaN)
+# near 1e-38, and long before that the distribution is a point mass up to rounding
 TOP_P_FIRST_K = 1024  # top-p looks for the nucleus among this many likeliest tokens before sorting them all
 
 
@@ -49,7 +51,7 @@ def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
     TOP_P_FIRST_K tokens when they hold enough mass, sorting the whole vocabulary (~30 ms) only
     when they do not. Both are exact.
     """
-    if p.temperature <= 0:
+    if p.temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
     probs = _probs(logits, p.temperature)
     order = None
@@ -65,9 +67,9 @@ def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
 
 
 def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(logits / temperature), shifted by the largest logit first: at a tiny temperature
-    (1e-300) the plain quotient overflows to inf and the softmax to NaN; shifted, the likeliest
-    token's term is exactly 0 and the others go to -inf, i.e. greedy in the limit, as they should."""
+    """softmax(logits / temperature), shifted by the largest logit first, so that a small
+    temperature sends the other terms to -inf (probability 0) instead of the quotients to inf
+    (inf - inf: NaN, after which the draw always picked the last token)."""
     x = logits.float()
     return torch.softmax((x - x.max()) / temperature, dim=-1)
 
@@ -75,7 +77,7 @@ def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def sample_rows(logits: torch.Tensor, params: list[SamplingParams],
                 gens: list[torch.Generator | None]) -> list[int]:
     """One next token per row of `logits` [rows, vocab], each row with its own parameters."""
-    if all(p.temperature <= 0 for p in params):
+    if all(p.temperature < MIN_TEMPERATURE for p in params):
         return logits.argmax(-1).tolist()
     return [_sample(logits[i], p, g) for i, (p, g) in enumerate(zip(params, gens))]
 
