@@ -49,7 +49,7 @@ def runs(tiny_llama, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(runs):
-    from dianjing.infer.batcher import load_models
+    from dianjing.infer.models import load_models
     from dianjing.infer.server import Limits, create_app
 
     models = load_models([str(runs["alpha"]), str(runs["beta"])], precision="fp32", log=lambda *_: None)

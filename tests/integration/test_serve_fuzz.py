@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dianjing.infer.batcher import load_models
+from dianjing.infer.models import load_models
 from dianjing.infer.server import Limits, create_app
 from tests.serving import running
 

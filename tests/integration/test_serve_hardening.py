@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import dianjing.infer.batcher as batcher_module
-from dianjing.infer.batcher import load_models
+from dianjing.infer.models import load_models
 from dianjing.infer.server import Limits, create_app
 from tests.serving import running
 

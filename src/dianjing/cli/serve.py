@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from dianjing.cli import log
     from dianjing.errors import DianjingError
-    from dianjing.infer.batcher import load_models
+    from dianjing.infer.models import load_models
     from dianjing.infer.server import Limits, Server, create_app
 
     api_key = args.api_key or os.environ.get("DIANJING_API_KEY") or None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dianjing.infer.batcher import Served
+from dianjing.infer.models import Served
 from dianjing.infer.generate import SamplingParams
 
 

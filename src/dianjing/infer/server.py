@@ -33,7 +33,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dianjing.infer.api import ApiError, ChatRequest, CompletionRequest, Job, Limits, chat_job, completion_job, parse
-from dianjing.infer.batcher import Batcher, Done, Failed, GenRequest, ModelSet, Refused, Served, Text
+from dianjing.infer.batcher import Batcher, Done, Failed, GenRequest, Refused, Text
+from dianjing.infer.models import ModelSet, Served
 from dianjing.infer.generate import AnswerStart
 
 __all__ = ["ApiError", "Limits", "Server", "create_app"]
