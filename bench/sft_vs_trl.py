@@ -232,7 +232,8 @@ def main() -> None:
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from dianjing.models.load import matmul_gflops, resolve_model
+    from dianjing.models.load import resolve_model
+    from dianjing.precision import matmul_gflops
 
     torch.set_num_threads(args.threads)
     peak32, peak16 = matmul_gflops(torch.float32, 1024, 1.0), matmul_gflops(torch.bfloat16, 1024, 1.0)

@@ -28,7 +28,7 @@ def checks() -> list[Check]:
                 f"torch uses {threads} of {cores} logical cores",
                 None if threads >= min(cores, 2) else "unset OMP_NUM_THREADS or set train.threads"))
 
-    from dianjing.models.load import bf16_supported, matmul_gflops
+    from dianjing.precision import bf16_supported, matmul_gflops
 
     f32, b16 = matmul_gflops(torch.float32, 512), matmul_gflops(torch.bfloat16, 256, seconds=0.1)
     fast = bf16_supported()

@@ -9,7 +9,8 @@ import torch
 
 from dianjing.data.templates import ChatTemplate, choose_template
 from dianjing.errors import DianjingError
-from dianjing.models.load import load_model, load_tokenizer, pick_dtype, resolve_model
+from dianjing.models.load import load_model, load_tokenizer, resolve_model
+from dianjing.precision import for_inference
 
 
 def is_run(path: str | Path) -> bool:
@@ -24,7 +25,7 @@ def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=
         info = json.loads((p / "run.json").read_text())
         tok = load_tokenizer(str(p / "tokenizer"), log=lambda *_: None)
         template = ChatTemplate.from_json(json.loads((p / "template.json").read_text()))
-        dtype = pick_dtype(precision)
+        dtype = for_inference(precision).frozen
         if info["method"] == "full":
             model = load_model(str(p / "model"), dtype)
         else:
@@ -45,6 +46,6 @@ def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=
     tok = load_tokenizer(path_or_id, log=log)
     template, why = choose_template("auto", tok)
     log(why)
-    model = load_model(path_or_id, pick_dtype(precision))
+    model = load_model(path_or_id, for_inference(precision).frozen)
     model.eval()
     return model, tok, template

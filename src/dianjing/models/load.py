@@ -133,45 +133,6 @@ def resolve_model(name: str, log=print) -> str:
                      fix=f"known aliases: {', '.join([*DEFAULT_ALIASES, *FOLDER_ALIASES])}")
 
 
-_BF16_FAST: bool | None = None
-
-
-def bf16_supported() -> bool:
-    """Is bf16 matmul actually faster than fp32 here? Measured once, not guessed from flags.
-
-    CPUs with AVX-512 BF16 or AMX run bf16 about 2.5x faster than fp32; CPUs without it
-    (AVX2 only) emulate it, sometimes hundreds of times slower.
-    """
-    global _BF16_FAST
-    if _BF16_FAST is None:
-        if torch.cuda.is_available():
-            _BF16_FAST = torch.cuda.is_bf16_supported()
-        else:
-            _BF16_FAST = matmul_gflops(torch.bfloat16, n=256) > 1.3 * matmul_gflops(torch.float32, n=256)
-    return _BF16_FAST
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 1024, seconds: float = 0.2) -> float:
-    """Measured square-matmul throughput in GFLOP/s for a dtype on this machine."""
-    import time
-
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    reps, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        reps += 1
-        spent = time.perf_counter() - start
-        if spent > seconds:
-            return 2 * n ** 3 * reps / spent / 1e9
-
-
-def pick_dtype(precision: str) -> torch.dtype:
-    if precision == "bf16" or (precision == "auto" and bf16_supported()):
-        return torch.bfloat16
-    return torch.float32
-
-
 def load_tokenizer(path: str, trust_remote_code: bool = False, log=print):
     from transformers import AutoTokenizer
 
@@ -219,3 +180,10 @@ def load_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False, a
     except OSError as e:
         raise ModelError(f"cannot load a model from {path}: {e}") from None
     return model
+
+
+def pick_dtype(precision: str) -> torch.dtype:
+    """The dtype a precision setting resolves to (`dianjing.precision` is where runs decide)."""
+    from dianjing.precision import resolve
+
+    return resolve(precision)

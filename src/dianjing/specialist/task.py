@@ -8,7 +8,6 @@ the training loop → run folder → predictions → metrics (specialist.metrics
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from dianjing.config import RunConfig
 from dianjing.data.load import split_eval
 from dianjing.errors import DianjingError
+from dianjing.precision import Precision, for_training, from_name
 from dianjing.specialist import data as sd
 from dianjing.specialist import metrics as sm
 from dianjing.specialist import model as smodel
@@ -40,9 +40,9 @@ class Head:
     """Tokenizer + framing + model + labels of one specialist; no data of its own."""
 
     def __init__(self, task: str, tokenizer, model, labels: list[str], max_length: int, tcfg,
-                 autocast: bool = False):
+                 precision: Precision):
         self.task, self.tok, self.model, self.labels, self.tcfg = task, tokenizer, model, labels, tcfg
-        self.autocast = autocast  # bf16 compute over fp32 heads (and fp32 weights in full fine-tuning)
+        self.precision = precision  # bf16 compute over fp32 heads (and fp32 weights in full fine-tuning)
         self.label_ids = {l: i for i, l in enumerate(labels)}
         types = getattr(model.config, "type_vocab_size", 0) or 0
         self.encoder = Encoder(tokenizer, max_length, use_token_types=types > 1)
@@ -86,7 +86,7 @@ class Head:
     # -- training objective --------------------------------------------------------
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         """Summed loss and the number of targets it sums over (the loop divides)."""
-        with self._precision():
+        with self.precision.autocast():
             logits = smodel.head_logits(self.model, batch).float()
         if self.task in ("classify", "pair"):
             return F.cross_entropy(logits, batch["labels"], reduction="sum"), logits.shape[0]
@@ -100,11 +100,6 @@ class Head:
         ls = F.cross_entropy(logits[..., 0], batch["start"], reduction="sum")
         le = F.cross_entropy(logits[..., 1], batch["end"], reduction="sum")
         return (ls + le) / 2, logits.shape[0]
-
-    def _precision(self):
-        if self.autocast:
-            return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def count_targets(self, batch: dict) -> int:
         if self.task == "tag":
@@ -261,17 +256,16 @@ class SpecialistData:
         self.train_examples, self.eval_examples = train_ex, eval_ex
 
 
-def setup(cfg: RunConfig, model_path: str, tokenizer, dtype, log=print, random_init: bool = False):
+def setup(cfg: RunConfig, model_path: str, tokenizer, prec: Precision, log=print, random_init: bool = False):
     """Data, model and head for a specialist run (used by the training loop)."""
     data = SpecialistData(cfg, log=log)
     enc_probe = Encoder(tokenizer, cfg.data.max_length, False)
     # frozen weights may live in bf16; trained ones keep fp32 masters and bf16 compute comes from autocast
-    load_dtype = torch.float32 if cfg.adapter.method == "full" else dtype
+    load_dtype = prec.load_dtype(trains_base=cfg.adapter.method == "full")
     model, kind = smodel.build(model_path, cfg.task.type, max(2, len(data.labels)), cfg.task, cfg.adapter, load_dtype,
                                tokenizer.pad_token_id, enc_probe.encoder_style, cfg.model.trust_remote_code,
                                log=log, random_init=random_init)
-    head = Head(cfg.task.type, tokenizer, model, data.labels, cfg.data.max_length, cfg.task,
-                autocast=dtype == torch.bfloat16)
+    head = Head(cfg.task.type, tokenizer, model, data.labels, cfg.data.max_length, cfg.task, prec)
     stats = EncodeStats()
     train_feats = head.encode(data.train_examples, training=True, stats=stats)
     eval_feats = head.encode(data.eval_examples, training=True) if data.eval_examples else []
@@ -295,12 +289,14 @@ def load_head(run_dir: Path, log=print) -> tuple[Head, dict]:
                             fix="pass a run folder trained with --task classify|pair|tag|extract-qa")
     info = json.loads(info_path.read_text(encoding="utf-8"))
     tok = load_tokenizer(str(run_dir / "tokenizer"), log=log)
-    bf16 = info.get("dtype") == "bfloat16"
-    load_dtype = torch.bfloat16 if bf16 and info["adapter"]["method"] != "full" else torch.float32
-    model = smodel.load(spec, info, load_dtype, log=log)
+    # compute as the run trained: its dtype for the frozen body, fp32 for the head and trained weights
+    full = info["adapter"]["method"] == "full"
+    prec = for_training("bf16" if from_name(info.get("dtype", "float32")) == torch.bfloat16 else "fp32",
+                        full=full, fp32_head=True)
+    model = smodel.load(spec, info, prec.load_dtype(trains_base=full), log=log)
     from dianjing.config import TaskConfig
 
     head = Head(info["task"]["type"], tok, model, info["labels"], info["max_length"], TaskConfig(**info["task"]),
-                autocast=bf16)
+                prec)
     return head, info
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from dianjing import precision
 from dianjing.config import RunConfig, dump_config, load_config
 from dianjing.data.batching import collate, epoch_order
 from dianjing.data.load import load_conversations, split_eval
@@ -26,7 +27,7 @@ from dianjing.data.render import RenderStats, render_all
 from dianjing.data.templates import choose_template
 from dianjing.errors import DianjingError
 from dianjing.models.adapters import attach, count_params
-from dianjing.models.load import load_model, load_tokenizer, pick_dtype, resolve_model
+from dianjing.models.load import load_model, load_tokenizer, resolve_model
 from dianjing.train import checkpoint as ckpt
 from dianjing.train.compile import compile_blocks
 from dianjing.train.compile import decide as compile_decide
@@ -101,11 +102,13 @@ class Trainer:
 
         self.model_path = resolve_model(cfg.model.name, log=log)
         self.tokenizer = load_tokenizer(self.model_path, cfg.model.trust_remote_code, log=log)
-        self.dtype = pick_dtype(cfg.model.precision)
+        full = cfg.adapter.method == "full"
+        self.precision = precision.for_training(cfg.model.precision, full=full, adapter_compute=cfg.adapter.compute,
+                                                fp32_head=cfg.task.type != "sft")
+        self.dtype = self.precision.dtype
         # "auto" is a speed measurement and can come out differently under load: pin what this run
         # uses, so that a resumed run computes in the same precision as the steps before it
-        self._pin(cfg.model, "precision", "bf16" if self.dtype == torch.bfloat16 else "fp32")
-        self.autocast = False
+        self._pin(cfg.model, "precision", self.precision.name)
         self.compiled = False
         self.head = None  # the specialist's head, when the task is not sft
         if cfg.task.type == "sft":
@@ -165,12 +168,10 @@ class Trainer:
             + "".join(f"\n  dropped {n}: {why}" for why, n in rs.dropped.items())
             + "".join(f"\n  skipped {n} records: {why}" for why, n in self.load_report.skipped.items()))
 
-        # model + adapter
+        # model + adapter: frozen weights in the run's dtype, trained ones in fp32 (dianjing.precision)
         full = cfg.adapter.method == "full"
-        # Frozen weights can live in bf16; weights that are trained keep fp32 masters (autocast instead).
-        load_dtype = torch.float32 if full else self.dtype
-        self.autocast = full and self.dtype == torch.bfloat16
-        base = load_model(self.model_path, load_dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation)
+        base = load_model(self.model_path, self.precision.load_dtype(trains_base=full), cfg.model.trust_remote_code,
+                          cfg.model.attn_implementation)
         base.config.use_cache = False
         if cfg.model.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -189,14 +190,13 @@ class Trainer:
             f"{cfg.adapter.method}: {trainable / 1e6:.2f}M trainable ({100 * trainable / total:.2f}%)")
         self.loss_fn = SFTLoss(self.model, t.logits, log=log)
         log(f"logits: {self.loss_fn.mode}")
-        if cfg.adapter.compute == "bf16" and not full and self.dtype == torch.bfloat16:
+        if self.precision.autocast_dtype is not None and not full:
             # PEFT casts every adapted layer's input to the adapter's dtype (fp32): a copy of each
             # activation and fp32 products; instead keep the bf16 input and let autocast run the
             # rank-r products in bf16 over the fp32 weights (forward, checkpoint recompute, backward)
             for m in self.model.modules():
                 if hasattr(m, "cast_input_dtype_enabled"):
                     m.cast_input_dtype_enabled = False
-            self.autocast = True
         # after the loss check above, so that its no-grad forward is not what gets compiled
         self.compiled, why = compile_decide(cfg.train.compile, self.model)
         log(why)
@@ -214,7 +214,7 @@ class Trainer:
         from dianjing.specialist.task import setup
 
         cfg = self.cfg
-        data, self.head, self.train_set, self.eval_set, _ = setup(cfg, self.model_path, self.tokenizer, self.dtype,
+        data, self.head, self.train_set, self.eval_set, _ = setup(cfg, self.model_path, self.tokenizer, self.precision,
                                                                    log=log, random_init=cfg.model.random_init)
         self.specialist_data = data
         self.model = self.head.model
@@ -250,10 +250,8 @@ class Trainer:
         return self.collate_fn([self.train_set[j] for j in idx])
 
     def _forward(self, batch):
-        if self.autocast:
-            with torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16):
-                return self.loss_fn(batch)
-        return self.loss_fn(batch)
+        with self.precision.autocast():
+            return self.loss_fn(batch)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
