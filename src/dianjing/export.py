@@ -6,23 +6,23 @@ template the run was trained with, and is what vLLM or llama.cpp's converter rea
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
 from dianjing.errors import DianjingError
-from dianjing.infer.load import is_run, load_run
+from dianjing.infer.load import load_run
+from dianjing.run_folder import CHAT_ADAPTER, CHAT_FULL, RunFolder
 
 
 def export(run_dir: str | Path, out: str | Path, dtype: str = "bf16", log=print) -> Path:
     run_dir, out = Path(run_dir), Path(out)
-    if not is_run(run_dir):
-        raise DianjingError(f"{run_dir} is not a finished dianjing run", fix="pass a folder printed by `dianjing train`")
+    run = RunFolder(run_dir)
+    run.require(CHAT_ADAPTER, CHAT_FULL, command="dianjing export")
     if out.exists() and any(out.iterdir()):
         raise DianjingError(f"{out} exists and is not empty", fix="choose an empty or new --out folder")
-    info = json.loads((run_dir / "run.json").read_text())
+    info = run.info()
     if info["method"] == "prompt_tuning":
         raise DianjingError("a prompt-tuning adapter cannot be merged into the weights",
                             fix="serve it with `dianjing chat` instead, or train with adapter.method=lora")

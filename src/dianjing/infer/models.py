@@ -15,6 +15,7 @@ from dianjing.infer.generate import eos_ids
 from dianjing.infer.load import is_run, load_run
 from dianjing.models.load import load_model, load_tokenizer, resolve_model
 from dianjing.precision import for_inference
+from dianjing.run_folder import CHAT_ADAPTER, CHAT_FULL, NOT_A_RUN, RunFolder
 
 BASE = "base"
 ADAPTER_METHODS = ("lora", "dora", "ia3")  # adapters PEFT can hold side by side and switch per batch
@@ -68,13 +69,13 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
         if len(bare) > 1:
             raise DianjingError(f"serve takes one bare model, got {len(bare)}: {', '.join(bare)}",
                                 fix="start one server per model (each with its own --port)")
-        model, tok, template = load_run(bare[0], precision, log=log)
+        model, tok, template = load_run(bare[0], precision, log=log, command="dianjing serve")
         return ModelSet(model, [_served(BASE, None, model, tok, template)])
     names = [p.resolve().name for p in runs]
     if len(set(names)) < len(names) or BASE in names:
         raise DianjingError(f"requests pick a run by its folder name, and these clash: {', '.join(names)}",
                             fix=f"rename the run folders so each name is unique and none is '{BASE}'")
-    infos = {p: json.loads((p / "run.json").read_text()) for p in runs}
+    infos = {p: RunFolder(p).info() for p in runs}
     for p, info in infos.items():
         if info["method"] == "full" and len(targets) > 1:
             raise DianjingError(f"{p} is a full fine-tune with its own weights, so it cannot share a base "
@@ -83,7 +84,7 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
             raise DianjingError(f"{p} has a {info['method']} adapter; serve supports {', '.join(ADAPTER_METHODS)} "
                                 "adapters and full fine-tunes", fix=f"talk to it with: dianjing chat {p}")
     if infos[runs[0]]["method"] == "full":
-        model, tok, template = load_run(runs[0], precision, log=log)
+        model, tok, template = load_run(runs[0], precision, log=log, command="dianjing serve")
         return ModelSet(model, [_served(names[0], None, model, tok, template)])
     bases = {info["base_model"] for info in infos.values()}
     if len(bases) > 1:
@@ -92,10 +93,12 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
                             fix="serve the runs of each base model in their own server (each with its own --port)")
     base_path = bases.pop()
     for b in bare:
+        if RunFolder(b).kind() != NOT_A_RUN:  # a specialist or unfinished run: say so, and what fits it
+            RunFolder(b).require(CHAT_ADAPTER, CHAT_FULL, command="dianjing serve")
         if Path(resolve_model(b, log=log)).resolve() != Path(base_path).resolve():
             raise DianjingError(f"{b} is not the base model of the runs ({base_path})",
                                 fix="leave it out: the runs' base model is served as 'base' anyway")
-    kinds = {json.loads((p / "adapter" / "adapter_config.json").read_text())["peft_type"] for p in runs}
+    kinds = {json.loads((RunFolder(p).adapter / "adapter_config.json").read_text())["peft_type"] for p in runs}
     if len(kinds) > 1:
         raise DianjingError(f"the runs use different adapter types ({', '.join(sorted(kinds))}); one server "
                             "holds adapters of one type", fix="serve each type in its own server")
@@ -106,11 +109,11 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
     for i, (p, name) in enumerate(zip(runs, names)):
         adapter = f"adapter_{i}"  # PEFT adapter names become module keys: no dots allowed, so not `name`
         if i == 0:
-            model = PeftModel.from_pretrained(model, str(p / "adapter"), adapter_name=adapter)
+            model = PeftModel.from_pretrained(model, str(RunFolder(p).adapter), adapter_name=adapter)
         else:
-            model.load_adapter(str(p / "adapter"), adapter_name=adapter)
-        tok = load_tokenizer(str(p / "tokenizer"), log=lambda *_: None)
-        template = ChatTemplate.from_json(json.loads((p / "template.json").read_text()))
+            model.load_adapter(str(RunFolder(p).adapter), adapter_name=adapter)
+        tok = load_tokenizer(str(RunFolder(p).tokenizer), log=lambda *_: None)
+        template = RunFolder(p).template()
         served.append(_served(name, adapter, model, tok, template))
         log(f"serving {name} ({infos[p]['method']} adapter from {p})")
     tok = load_tokenizer(base_path, log=lambda *_: None)

@@ -28,6 +28,7 @@ from dianjing.data.templates import choose_template
 from dianjing.errors import DianjingError
 from dianjing.models.adapters import attach, count_params
 from dianjing.models.load import load_model, load_tokenizer, resolve_model
+from dianjing.run_folder import RunFolder
 from dianjing.train import checkpoint as ckpt
 from dianjing.train.compile import compile_blocks
 from dianjing.train.compile import decide as compile_decide
@@ -92,6 +93,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, log=print):
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
+        self.folder = RunFolder(run_dir)
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -236,8 +238,8 @@ class Trainer:
         if getattr(section, key) != "auto":
             return
         setattr(section, key, value)
-        if (self.run_dir / "config.yaml").exists():
-            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg), encoding="utf-8")
+        if self.folder.config.exists():
+            self.folder.config.write_text(dump_config(self.cfg), encoding="utf-8")
 
     # -- data position -------------------------------------------------------------
     def micro_batch(self, k: int) -> dict:
@@ -280,8 +282,8 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_root = self.run_dir / "checkpoints"
-        metrics_path = self.run_dir / "metrics.jsonl"
+        ckpt_root = self.folder.checkpoints
+        metrics_path = self.folder.metrics
         state = {"step": 0, "tokens": 0, "supervised_tokens": 0, "elapsed_s": 0.0, "bad_steps": 0,
                  "skipped_steps": 0}
         if resume:
@@ -377,16 +379,13 @@ class Trainer:
     def save_outputs(self, state: dict) -> dict:
         if self.head is not None:
             return self._save_specialist(state)
-        out = self.run_dir
+        run = self.folder
         if self.cfg.adapter.method == "full":
-            self.model.save_pretrained(str(out / "model"), safe_serialization=True)
+            self.model.save_pretrained(str(run.model), safe_serialization=True)
         else:
-            self.model.save_pretrained(str(out / "adapter"))
-        self.tokenizer.save_pretrained(str(out / "tokenizer"))
-        (out / "template.json").write_text(json.dumps(self.template.to_json(), indent=1, ensure_ascii=False))
-        (out / "run.json").write_text(json.dumps({
-            "base_model": self.model_path, "model_name": self.cfg.model.name,
-            "method": self.cfg.adapter.method, "dtype": str(self.dtype).split(".")[-1]}, indent=1))
+            self.model.save_pretrained(str(run.adapter))
+        self.tokenizer.save_pretrained(str(run.tokenizer))
+        run.write_template(self.template)
         flops = self.flops_per_token * state["tokens"] + self.flops_per_target * state["supervised_tokens"]
         summary = {
             "steps": state["step"],
@@ -398,20 +397,19 @@ class Trainer:
             "data": self.render_stats.summary(), "skipped_records": dict(self.load_report.skipped),
             "files": self.load_report.files, "logits": self.loss_fn.mode,
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        run.write_summary(summary)
+        run.write_info(base_model=self.model_path, model_name=self.cfg.model.name, method=self.cfg.adapter.method,
+                       dtype=str(self.dtype).split(".")[-1])  # last: a run.json means a finished run
         return summary
 
 
     def _save_specialist(self, state: dict) -> dict:
         from dianjing.specialist.model import save
 
-        out = self.run_dir
+        run = self.folder
         dtype = str(self.dtype).split(".")[-1]
-        save(self.model, out / "specialist", self.head.info(self.cfg, self.model_path, dtype))
-        self.tokenizer.save_pretrained(str(out / "tokenizer"))
-        (out / "run.json").write_text(json.dumps({
-            "base_model": self.model_path, "model_name": self.cfg.model.name, "task": self.cfg.task.type,
-            "method": self.cfg.adapter.method, "dtype": dtype}, indent=1))
+        save(self.model, run.specialist, self.head.info(self.cfg, self.model_path, dtype))
+        self.tokenizer.save_pretrained(str(run.tokenizer))
         d = self.specialist_data
         summary = {
             "task": self.cfg.task.type, "steps": state["step"], "examples": len(d.train_examples),
@@ -423,21 +421,31 @@ class Trainer:
             "final_eval": state.get("eval_scores"), "labels": d.labels,
             "data": d.report.summary(), "eval_data": d.eval_report.summary() if d.eval_report else None,
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        run.write_summary(summary)
+        run.write_info(base_model=self.model_path, model_name=self.cfg.model.name, method=self.cfg.adapter.method,
+                       dtype=dtype, task=self.cfg.task.type)  # last: a run.json means a finished run
         return summary
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past the checkpoint we resume from, so the file is one clean history."""
+    """Drop metric lines past the checkpoint we resume from, so the file is one clean history.
+
+    Only the last line may be unreadable (a write cut short by a kill); one anywhere else means
+    the file was damaged or edited, and is an error rather than history silently dropped."""
     if not path.exists():
         return
+    lines = path.read_text(encoding="utf-8").splitlines()
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for n, line in enumerate(lines, 1):
         try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
+            rec = json.loads(line)
         except ValueError:
-            continue  # a line cut by a kill
+            if n == len(lines):
+                continue  # a line cut by a kill
+            raise DianjingError(f"{path}:{n}: not a JSON line, and not the last line (which a kill can cut short)",
+                                fix="remove or repair that line, then resume again") from None
+        if rec.get("step", 0) <= step:
+            keep.append(line)
     path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
 
 
@@ -457,11 +465,12 @@ def train(cfg: RunConfig, log=print) -> tuple[Path, dict]:
     """Fine-tune according to cfg; returns the run folder and the summary."""
     run_dir = _new_run_dir(cfg)
     _check_writable(run_dir)
-    if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+    run = RunFolder(run_dir)
+    if run.checkpoints.exists() and any(run.checkpoints.iterdir()):
         raise DianjingError(f"{run_dir} already holds a run",
                             fix=f"resume it with `dianjing train --resume {run_dir}` or choose another --output-dir")
     cfg.train.output_dir = str(run_dir)
-    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    run.config.write_text(dump_config(cfg), encoding="utf-8")
     trainer = Trainer(cfg, run_dir, log=log)
     with _disk_errors(run_dir):
         state = trainer.run(resume=False)
@@ -469,11 +478,11 @@ def train(cfg: RunConfig, log=print) -> tuple[Path, dict]:
 
 
 def resume(run_dir: Path, log=print) -> tuple[Path, dict]:
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
+    run = RunFolder(run_dir)
+    if not run.config.exists():
         raise DianjingError(f"{run_dir} is not a dianjing run folder (no config.yaml)",
                             fix="pass the folder that `dianjing train` printed")
-    cfg = load_config(cfg_path)
+    cfg = load_config(run.config)
     trainer = Trainer(cfg, run_dir, log=log)
     with _disk_errors(run_dir):
         state = trainer.run(resume=True)
