@@ -35,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dianjing.teacher.dedup import Deduper, tokenize  # noqa: E402
+from dianjing.eval.text import tokenize  # noqa: E402
+from dianjing.teacher.dedup import Deduper  # noqa: E402
 
 
 class SharedTokenizer:

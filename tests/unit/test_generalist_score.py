@@ -4,7 +4,8 @@ forward pass), greedy generation, and the per-template / per-cluster summaries."
 import pytest
 import torch
 
-from dianjing.generalist.score import aggregate, answer_prefix, group_scores, option_logprobs, rouge_l, rouge_tokens
+from dianjing.eval.text import tokenize
+from dianjing.generalist.score import aggregate, answer_prefix, group_scores, option_logprobs, rouge_l
 from dianjing.generalist.templates import Example
 
 
@@ -14,7 +15,7 @@ def test_rouge_l():
     p, r = 2 / 4, 2 / 6
     assert rouge_l("police killed the gunman", "the gunman was killed by police") == pytest.approx(2 * p * r / (p + r))
     assert rouge_l("", "x") == 0.0 and rouge_l("", "") == 1.0 and rouge_l("A B", "c d") == 0.0
-    assert rouge_tokens("市區兩車相撞, OK 2 cars") == ["市", "區", "兩", "車", "相", "撞", "ok", "2", "cars"]
+    assert tokenize("市區兩車相撞, OK 2 cars") == ["市", "區", "兩", "車", "相", "撞", "ok", "2", "cars"]
     assert rouge_l("市區兩車相撞", "兩車相撞，無人受傷") == pytest.approx(2 * (4 / 6) * (4 / 8) / (4 / 6 + 4 / 8))
 
 

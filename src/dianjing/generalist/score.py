@@ -6,7 +6,8 @@ Per held-out task × template:
   exactly as training renders it), the highest wins; also the per-token (length-normalised)
   variant — and **exact match of greedily generated text** (a few tokens);
 * generative tasks: ROUGE-L (rouge_l), SQuAD EM/F1 (squad_f1) or EM (exact_match) of the
-  greedy generation, against the rendered target or the task's answer_field.
+  greedy generation, against the rendered target or the task's answer_field. The metrics and
+  their tokens are dianjing.eval's, the same as the teacher's de-duplication and the specialists'.
 
 Each prompt is run through the model once: its KV cache serves both the option continuations
 (copied, one row per option) and the greedy generation.
@@ -17,71 +18,17 @@ from __future__ import annotations
 import copy
 import math
 import random
-import re
 import statistics
 import time
-import unicodedata
 from collections import Counter, defaultdict
 
 import torch
 
 from dianjing.errors import DataError
+from dianjing.eval.metrics import qa_exact, qa_f1, rouge_l
 from dianjing.generalist.mix import heldout_split, load_task_data, plan
 from dianjing.generalist.registry import Mixture, load_registries
 from dianjing.generalist.templates import Example
-from dianjing.specialist.metrics import qa_exact, qa_f1
-
-# --------------------------------------------------------------------------- ROUGE-L
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-_CJK_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL", "BOPOMOFO")
-
-
-def _is_cjk(ch: str) -> bool:
-    return ord(ch) > 0x2E7F and unicodedata.name(ch, "").startswith(_CJK_SCRIPTS)
-
-
-def rouge_tokens(text: str) -> list[str]:
-    """Lowercased words; every CJK character is a token of its own (Chinese has no spaces)."""
-    out: list[str] = []
-    for w in _WORD.findall(text.lower()):
-        run = ""
-        for ch in w:
-            if _is_cjk(ch):
-                if run:
-                    out.append(run)
-                    run = ""
-                out.append(ch)
-            else:
-                run += ch
-        if run:
-            out.append(run)
-    return out
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(pred: str, ref: str) -> float:
-    """ROUGE-L F1 (β = 1, as rouge-score's fmeasure): LCS over tokens, P = LCS/|pred|, R = LCS/|ref|."""
-    p, r = rouge_tokens(pred), rouge_tokens(ref)
-    if not p or not r:
-        return float(p == r)
-    lcs = _lcs(p, r)
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(r)
-    return 2 * prec * rec / (prec + rec)
-
 
 # --------------------------------------------------------------------------- which examples
 

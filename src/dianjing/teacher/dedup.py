@@ -6,9 +6,11 @@ tables for n instructions, hours at 50,000. `Deduper` makes the same decisions (
 kept set, checked against the all-pairs computation in the tests and in bench/dedup.py)
 while computing only a few LCSs per instruction:
 
-1. Tokens: one tokenizer for every language. Chinese, Japanese and other CJK characters are
-   one token each; any other run of letters or digits is one lowercased word. (rouge-score's
-   default tokenizer keeps only [a-z0-9] and so sees a Chinese instruction as empty.)
+1. Tokens: `dianjing.eval.text.tokenize`, the one tokenizer for every language and every
+   ROUGE score in the project. Chinese and Japanese characters are one token each; any other
+   run of letters or digits (Hangul words included; `_` separates) is one lowercased word.
+   (rouge-score's default tokenizer keeps only [a-z0-9] and so sees a Chinese instruction as
+   empty.)
 2. Bound: the LCS of two token sequences is at most the size of their multiset intersection
    I, so F = 2·LCS/(m+n) ≤ 2·I/(m+n); and F > t also needs I > t·m/(2−t) of the m tokens
    of either side. Such a bound is a set-overlap condition, so prefix filtering (as in
@@ -16,74 +18,33 @@ while computing only a few LCSs per instruction:
    (token, k-th occurrence) items by rarity; two sequences sharing I ≥ o items share one
    among the first len−o+1 items of each. Only those first items are indexed.
 3. Candidates from that index pass a length check and the exact overlap bound; only the
-   survivors get a real LCS, computed bit-parallel (Hyyrö's 2004 recurrence: one big-int
-   add, and, or per token).
+   survivors get a real LCS, computed bit-parallel (`dianjing.eval.metrics.lcs_from_masks`,
+   Hyyrö's 2004 recurrence: one big-int add, and, or per token), the query's bit masks built
+   once and reused for every candidate.
 
 The item order is by how many kept instructions contain an item, recomputed each time the
 kept set doubles (items first seen in between rank as rarest); any fixed order is correct,
 a rarity order makes the indexed prefixes short. The bound checks use t − 1e-9 so that a
 float rounding in F can only add candidates, never lose one; the decision itself is
-F > t with F computed exactly as rouge-score computes it.
+F > t with F = `dianjing.eval.metrics.f_measure`, computed exactly as rouge-score computes it.
+
+A text without tokens (only punctuation, say) is never a near-duplicate, not even of another
+one: its F against anything is 0 (`f_measure`), although `rouge_l("", "")` is 1.0. There is
+nothing in it to repeat, and by default (min_instruction_tokens = 3) the pipeline's length
+filter rejects it before de-duplication.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-_CJK = ("\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3190-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
-        "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f")
-_TOKEN = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
+from dianjing.eval.metrics import f_measure, lcs_from_masks, lcs_length, match_masks, rouge_l
+from dianjing.eval.text import tokenize
+
+__all__ = ["Deduper", "Match", "naive_keep", "tokenize", "lcs_length", "f_measure", "rouge_l"]
+
 _OCC_BITS = 20  # an item is token_id << 20 | occurrence: up to a million repeats of a token per text
-
-
-def tokenize(text: str) -> list[str]:
-    """ROUGE tokens: each CJK character alone, other letter/digit runs as lowercased words."""
-    return _TOKEN.findall(text.lower())
-
-
-def lcs_length(a: Sequence, b: Sequence) -> int:
-    """Length of the longest common subsequence, bit-parallel over the longer sequence."""
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return 0
-    return _lcs_masks(_masks(a), len(a), b)
-
-
-def _masks(a: Sequence) -> dict:
-    masks: dict = {}
-    for i, x in enumerate(a):
-        masks[x] = masks.get(x, 0) | (1 << i)
-    return masks
-
-
-def _lcs_masks(masks: dict, m: int, b: Sequence) -> int:
-    # V holds a 0 bit for each row where the LCS grew; V = (V + U) | (V − U), U = V & match(b_j)
-    full = (1 << m) - 1
-    v = full
-    get = masks.get
-    for x in b:
-        match = get(x)
-        if match:
-            u = v & match
-            v = ((v + u) | (v - u)) & full
-    return m - v.bit_count()
-
-
-def f_measure(lcs: int, m: int, n: int) -> float:
-    """ROUGE-L F1 from an LCS length and the two lengths, in rouge-score's floating-point order."""
-    if lcs == 0 or m == 0 or n == 0:
-        return 0.0
-    p, r = lcs / n, lcs / m
-    return 2 * p * r / (p + r)
-
-
-def rouge_l(a: str, b: str) -> float:
-    """ROUGE-L F-measure of two texts with `tokenize`."""
-    ta, tb = tokenize(a), tokenize(b)
-    return f_measure(lcs_length(ta, tb), len(ta), len(tb))
 
 
 @dataclass
@@ -190,9 +151,9 @@ class Deduper:
                 if 2 * inter <= t * (m + n):
                     continue
                 if masks is None:
-                    masks = _masks(ids)
+                    masks = match_masks(ids)
                 self.lcs_computed += 1
-                f = f_measure(_lcs_masks(masks, m, doc), m, n)
+                f = f_measure(lcs_from_masks(masks, m, doc), m, n)
                 if f > self.threshold:
                     self.candidates_seen += len(seen)
                     return Match(j, f)

@@ -1,8 +1,8 @@
 """Filters: each a small function that returns the reason for rejecting a text, or None.
 
 The reasons are counted, as they are, in the report; the rejected records and their reason go
-to rejected.jsonl in the work folder. Lengths are counted in ROUGE tokens (`dedup.tokenize`:
-a CJK character or a word), so one limit means about the same for Chinese and English.
+to rejected.jsonl in the work folder. Lengths are counted in ROUGE tokens (`eval.text.tokenize`:
+a Chinese/Japanese character or a word), so one limit means about the same for Chinese and English.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 
-from dianjing.teacher.dedup import tokenize
+from dianjing.eval.text import tokenize
 
 # Things a text-only model cannot take in or produce. English ones match whole words;
 # Chinese ones (traditional and simplified) as substrings, so they are kept specific.

@@ -1,37 +1,38 @@
-"""Evaluation metrics for specialist heads: classification, BIO tagging and extractive QA.
+"""Metrics, defined once: ROUGE-L, classification, BIO entities and extractive QA.
 
-Pure Python, no dependencies.
+Pure Python, no dependencies. Tokens come from :mod:`dianjing.eval.text`.
 
+* ROUGE-L (generalist held-out scoring, teacher de-duplication): :func:`lcs_length`,
+  :func:`f_measure` and :func:`rouge_l` on :func:`~dianjing.eval.text.tokenize` tokens.
+  The F-measure is rouge-score's (β = 1, p = LCS/|pred|, r = LCS/|ref|, f = 2pr/(p+r), in
+  that floating-point order), so English scores equal rouge-score's. The LCS is computed
+  bit-parallel (Hyyrö 2004: per token of one sequence, one big-int add, and, or over a
+  bit row of the other); :func:`match_masks` and :func:`lcs_from_masks` expose the two
+  halves so that the de-duplicator builds one side's masks once and reuses them.
 * Classification: :func:`accuracy` and :func:`macro_f1` (equal to scikit-learn's
   ``f1_score(average="macro")`` over the union of gold and predicted labels).
 * Sequence tagging: :func:`entity_spans` decodes BIO (IOB2) tags the way conlleval and
   seqeval's default mode do, and :func:`entity_prf` scores exact entity matches with
   micro-averaged precision/recall/F1, like seqeval's ``classification_report`` micro avg.
-* Extractive QA (SQuAD v1.1, DRCD, CMRC 2018): :func:`normalize_answer`,
-  :func:`answer_tokens`, :func:`qa_exact`, :func:`qa_f1` and :func:`squad_scores`.
-
-  Chinese answers (any text containing CJK characters -- Han, kana or hangul -- or CJK /
-  full-width punctuation such as 。，「」) are scored per character after lowercasing and
-  removing punctuation (ASCII and full-width/CJK) and all whitespace, as the DRCD and
-  CMRC 2018 evaluation scripts do: every CJK character is one token, and a run of Latin
-  letters/digits inside Chinese text is one token, so "2008年北京Olympics" gives
-  ["2008", "年", "北", "京", "olympics"]. We remove every Unicode punctuation character,
-  a superset of the fixed list in CMRC's ``remove_punctuation``. English (text with none
-  of the above) is scored exactly as the official SQuAD v1.1 script: lowercase, drop
-  ASCII punctuation, drop the articles a/an/the, split on whitespace.
-
+* Extractive QA (SQuAD v1.1, DRCD, CMRC 2018): :func:`qa_exact`, :func:`qa_f1` and
+  :func:`squad_scores`, on :func:`~dianjing.eval.text.normalize_answer` and
+  :func:`~dianjing.eval.text.answer_tokens` (see there for the English and Chinese rules).
   F1 defaults to SQuAD's bag-of-tokens overlap. The CMRC 2018 script instead uses the
   longest common *substring* of the two token lists; pass ``mode="lcs"`` for that.
 """
 
 from __future__ import annotations
 
-import re
-import string
-import unicodedata
 from collections import Counter
+from collections.abc import Sequence
+
+from dianjing.eval.text import answer_tokens, normalize_answer, tokenize
 
 __all__ = [
+    "lcs_length",
+    "f_measure",
+    "rouge_l",
+    "rouge_l_tokens",
     "accuracy",
     "macro_f1",
     "entity_spans",
@@ -42,6 +43,67 @@ __all__ = [
     "qa_f1",
     "squad_scores",
 ]
+
+
+# --------------------------------------------------------------------------- ROUGE-L
+
+
+def match_masks(a: Sequence) -> dict:
+    """For each distinct item of `a`, an int with bit i set where ``a[i]`` is that item."""
+    masks: dict = {}
+    for i, x in enumerate(a):
+        masks[x] = masks.get(x, 0) | (1 << i)
+    return masks
+
+
+def lcs_from_masks(masks: dict, m: int, b: Sequence) -> int:
+    """LCS length of `b` and the length-`m` sequence whose :func:`match_masks` is `masks`."""
+    # V holds a 0 bit for each row where the LCS grew; V = (V + U) | (V − U), U = V & match(b_j)
+    full = (1 << m) - 1
+    v = full
+    get = masks.get
+    for x in b:
+        match = get(x)
+        if match:
+            u = v & match
+            v = ((v + u) | (v - u)) & full
+    return m - v.bit_count()
+
+
+def lcs_length(a: Sequence, b: Sequence) -> int:
+    """Length of the longest common subsequence, bit-parallel over the longer sequence."""
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return 0
+    return lcs_from_masks(match_masks(a), len(a), b)
+
+
+def f_measure(lcs: int, m: int, n: int) -> float:
+    """ROUGE-L F1 from an LCS length, the reference length `m` and the prediction length `n`,
+    in rouge-score's floating-point order. 0.0 when nothing is shared, so also when either
+    side is empty (:func:`rouge_l_tokens` adds the both-empty case)."""
+    if lcs == 0 or m == 0 or n == 0:
+        return 0.0
+    p, r = lcs / n, lcs / m
+    return 2 * p * r / (p + r)
+
+
+def rouge_l_tokens(pred: Sequence, ref: Sequence) -> float:
+    """ROUGE-L F1 of two token sequences.
+
+    Both empty: 1.0 (the two are identical; rouge-score would say 0.0, but a model that
+    correctly produces nothing should not score as a total miss). One empty: 0.0.
+    """
+    if not pred and not ref:
+        return 1.0
+    return f_measure(lcs_length(pred, ref), len(ref), len(pred))
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F1 of a predicted and a reference text on :func:`~dianjing.eval.text.tokenize`
+    tokens; see :func:`rouge_l_tokens` for texts without tokens ('' or only punctuation)."""
+    return rouge_l_tokens(tokenize(pred), tokenize(ref))
 
 
 # --------------------------------------------------------------------------- classification
@@ -171,112 +233,6 @@ def entity_prf(pred: list[list[str]], gold: list[list[str]]) -> dict:
 
 
 # --------------------------------------------------------------------------- extractive QA
-
-# Han (radicals, ideographs, extensions, compatibility, 々 〇 and Suzhou numerals),
-# bopomofo, kana (incl. half-width katakana) and hangul.
-_CJK_RE = re.compile(
-    "["
-    "\u1100-\u11ff"
-    "\u2e80-\u2fdf"
-    "\u3005\u3007\u3021-\u3029\u3038-\u303b"
-    "\u3040-\u30ff"
-    "\u3100-\u318f"
-    "\u31a0-\u31bf\u31f0-\u31ff"
-    "\u3400-\u4dbf"
-    "\u4e00-\u9fff"
-    "\ua960-\ua97f"
-    "\uac00-\ud7af\ud7b0-\ud7ff"
-    "\uf900-\ufaff"
-    "\uff66-\uff9f"
-    "\U00020000-\U0003134f"
-    "]"
-)
-
-_ASCII_PUNCT = frozenset(string.punctuation)
-# Full-width forms of every ASCII punctuation character (！＂＃ … ｛｜｝～).
-_FULLWIDTH_PUNCT = frozenset(chr(ord(c) + 0xFEE0) for c in string.punctuation)
-_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
-
-
-def _is_cjk(ch: str) -> bool:
-    return _CJK_RE.match(ch) is not None
-
-
-def _is_cjk_punct(ch: str) -> bool:
-    """Punctuation removed from Chinese answers: ASCII punctuation, its full-width forms and
-    every Unicode punctuation character (，。！？；：「」『』、（）《》“”‘’—…·【】〈〉 …)."""
-    return ch in _ASCII_PUNCT or ch in _FULLWIDTH_PUNCT or unicodedata.category(ch)[0] == "P"
-
-
-# CJK symbols and punctuation (、。「」〈〉【】, ideographic space) and the full-width /
-# half-width forms block (，！？（）ＡＢ１２ …): text containing them is scored as Chinese
-# even when it has no ideograph, so that e.g. "。" normalises to "" as in DRCD/CMRC.
-_CJK_CONTEXT_RE = re.compile("[\u3000-\u303f\uff00-\uffef]")
-
-
-def _has_cjk(s: str) -> bool:
-    """Whether ``s`` is scored the Chinese way (per character) rather than as SQuAD."""
-    return _CJK_RE.search(s) is not None or _CJK_CONTEXT_RE.search(s) is not None
-
-
-def _squad_normalize(s: str) -> str:
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in _ASCII_PUNCT)
-    s = _ARTICLES_RE.sub(" ", s)
-    return " ".join(s.split())
-
-
-def _cjk_strip(s: str) -> str:
-    """Lowercase and remove punctuation, keeping whitespace (used to split runs)."""
-    return "".join(ch for ch in s.lower() if not _is_cjk_punct(ch))
-
-
-def normalize_answer(s: str) -> str:
-    """Normalise an answer for exact match.
-
-    Text containing CJK characters or CJK/full-width punctuation: lowercase, remove ASCII
-    and CJK/full-width punctuation (every Unicode punctuation character) and all
-    whitespace (DRCD / CMRC 2018). Otherwise SQuAD v1.1: lowercase, remove ASCII
-    punctuation, remove whole-word articles a/an/the, collapse whitespace.
-    """
-    if _has_cjk(s):
-        return "".join(_cjk_strip(s).split())
-    return _squad_normalize(s)
-
-
-def answer_tokens(s: str) -> list[str]:
-    """Tokens used for QA F1.
-
-    Without CJK: the SQuAD v1.1 tokens (``normalize_answer(s).split()``). With CJK: each CJK
-    character is a token; a run of other letters/digits (with any combining marks) is one
-    token; any other leftover symbol is a token by itself. Whitespace in the original text
-    separates runs ("new york 纽约" -> ["new", "york", "纽", "约"]) while removed
-    punctuation does not ("U.S.A.美国" -> ["usa", "美", "国"]). Concatenated, the tokens
-    always equal ``normalize_answer(s)``.
-    """
-    if not _has_cjk(s):
-        return _squad_normalize(s).split()
-    tokens: list[str] = []
-    run: list[str] = []
-
-    def flush() -> None:
-        if run:
-            tokens.append("".join(run))
-            run.clear()
-
-    for ch in _cjk_strip(s):
-        if ch.isspace():
-            flush()
-        elif _is_cjk(ch):
-            flush()
-            tokens.append(ch)
-        elif ch.isalnum() or (run and unicodedata.category(ch)[0] == "M"):
-            run.append(ch)
-        else:
-            flush()
-            tokens.append(ch)
-    flush()
-    return tokens
 
 
 def qa_exact(pred: str, gold: str) -> float:

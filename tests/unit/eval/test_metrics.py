@@ -1,18 +1,21 @@
-"""Specialist metrics: values checked against hand computation."""
+"""eval.metrics: classification, entity and QA metrics (and the QA normaliser of eval.text)
+checked against hand computation."""
+
+import random
 
 import pytest
 
-from dianjing.specialist.metrics import (
+from dianjing.eval import metrics
+from dianjing.eval.metrics import (
     accuracy,
-    answer_tokens,
     entity_prf,
     entity_spans,
     macro_f1,
-    normalize_answer,
     qa_exact,
     qa_f1,
     squad_scores,
 )
+from dianjing.eval.text import answer_tokens, normalize_answer
 
 # ---------------------------------------------------------------- classification
 
@@ -210,3 +213,45 @@ def test_squad_scores_lcs_mode_and_empty():
     assert squad_scores({}, {}) == {
         "exact_match": 0.0, "f1": 0.0, "count": 0, "missing": 0, "extra": 0,
     }
+
+
+# ---------------------------------------------------------------- ROUGE-L
+
+
+def test_rouge_l_empty_cases():
+    # both without tokens: identical, 1.0; exactly one empty: 0.0
+    assert metrics.rouge_l("", "") == 1.0
+    assert metrics.rouge_l("!!!", "?") == 1.0
+    assert metrics.rouge_l("a", "") == 0.0 and metrics.rouge_l("", "a") == 0.0
+    assert metrics.rouge_l_tokens([], []) == 1.0 and metrics.rouge_l_tokens(["a"], []) == 0.0
+
+
+def test_rouge_l_identical_and_by_hand():
+    assert metrics.rouge_l("The cat sat.", "the cat sat") == 1.0
+    # LCS "the cat on mat" = 4 of 6 and 6 tokens: p = r = 4/6
+    assert metrics.rouge_l("the cat sat on the mat", "the cat lay on a mat") == pytest.approx(4 / 6)
+    # pred 我喜歡台北 (5), ref 我很喜歡高雄 (6), LCS 我喜歡 = 3: p = 3/5, r = 3/6
+    p, r = 3 / 5, 3 / 6
+    assert metrics.rouge_l("我喜歡台北", "我很喜歡高雄") == pytest.approx(2 * p * r / (p + r))
+    # precision is over the prediction, recall over the reference (rouge-score's order)
+    assert metrics.f_measure(3, 6, 5) == 2 * p * r / (p + r)
+    assert metrics.rouge_l("a b c", "x y z") == 0.0
+
+
+def test_lcs_length_matches_dynamic_programming():
+    def dp(a, b):
+        prev = [0] * (len(b) + 1)
+        for x in a:
+            cur = [0]
+            for j, y in enumerate(b):
+                cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+            prev = cur
+        return prev[-1]
+
+    rng = random.Random(0)
+    for _ in range(300):
+        a = [rng.randrange(5) for _ in range(rng.randrange(0, 70))]
+        b = [rng.randrange(5) for _ in range(rng.randrange(0, 70))]
+        assert metrics.lcs_length(a, b) == dp(a, b)
+        if a:
+            assert metrics.lcs_from_masks(metrics.match_masks(a), len(a), b) == dp(a, b)
