@@ -173,7 +173,7 @@ EXPERIMENTS = {
 
 def run_one(name: str, init: str) -> dict:
     from dianjing.config import DataFile, load_config
-    from dianjing.specialist import data as sd
+    from dianjing.data import specialist_readers as sd
     from dianjing.specialist.task import load_head, read_examples
     from dianjing.train.loop import train
 

@@ -25,6 +25,7 @@ class DataError(DianjingError):
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
                  field: str | None = None, fix: str | None = None):
         self.file, self.line, self.field = file, line, field
+        self.detail = message  # without the place and field: what bad_records groups by and re-raises with
         where = ""
         if file is not None:
             where = f"{file}:{line}" if line is not None else str(file)

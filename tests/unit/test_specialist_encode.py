@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dianjing.models.load import load_tokenizer
-from dianjing.specialist.data import QAExample, TagExample, TextExample
+from dianjing.data.specialist_readers import QAExample, TagExample, TextExample
 from dianjing.specialist.encode import IGNORE, EncodeStats, Encoder
 from tests.tiny import build_bert, build_tokenizer
 

@@ -49,7 +49,7 @@ def run(args) -> int:
         raise ConfigError("nothing to score: give --data FILE (specialist runs) or --mixture M.yaml --held-out "
                           "(generative runs)")
     from dianjing.cli import log
-    from dianjing.specialist import data as sd
+    from dianjing.data import specialist_readers as sd
     from dianjing.specialist.task import load_head, read_examples
 
     run_dir = Path(args.run)
@@ -124,7 +124,7 @@ def run_heldout(args) -> int:
     if args.data:
         raise ConfigError("--data is for specialist runs; with --mixture the data comes from the mixture's registries")
     mix = load_mixture(args.mixture)
-    model, tok, chat = load_run(args.run, precision=args.precision, merge=True, log=log)
+    model, tok, chat = load_run(args.run, precision=args.precision, merge=True, log=log, command="dianjing eval --held-out")
     result = evaluate_heldout(model, tok, chat, mix, per_task=args.per_task, shots=args.shots,
                               batch_size=min(args.batch_size, 64), generate=not args.no_generate,
                               max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens, log=log)

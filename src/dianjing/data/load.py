@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from dianjing.config import DataConfig
+from dianjing.data.bad_records import BadRecords, Tally
 from dianjing.data.formats import detect_format, to_conversation
 from dianjing.data.readers import read_records
 from dianjing.data.schema import Conversation
@@ -15,23 +16,26 @@ from dianjing.errors import DataError
 
 @dataclass
 class LoadReport:
+    """What was read: per file its format and counts, and every skipped record by reason."""
+
     files: list[dict] = field(default_factory=list)  # path, format, detected, records, kept
-    skipped: Counter = field(default_factory=Counter)
-    first_errors: list[str] = field(default_factory=list)
+    skips: Tally = field(default_factory=Tally)
 
-    def note(self, err: DataError) -> None:
-        self.skipped[_reason(err)] += 1
-        if len(self.first_errors) < 5:
-            self.first_errors.append(str(err))
+    @property
+    def skipped(self) -> Counter:
+        """reason -> records skipped for it (data.on_error=skip)."""
+        return self.skips.counts
 
-
-def _reason(err: DataError) -> str:
-    msg = err.message
-    return (f"{err.field}: " if err.field else "") + (msg if len(msg) < 80 else msg[:77] + "...")
+    @property
+    def first_errors(self) -> list[str]:
+        """The first few skipped records' places and messages, a few per reason."""
+        return self.skips.first(5)
 
 
 def load_conversations(cfg: DataConfig, log=print) -> tuple[list[Conversation], LoadReport]:
+    """The conversations of every file in cfg.files; bad records stop or are skipped per data.on_error."""
     report = LoadReport()
+    bad = BadRecords(cfg.on_error, tally=report.skips)
     convs: list[Conversation] = []
     for df in cfg.files:
         fmt = df.format
@@ -46,16 +50,12 @@ def load_conversations(cfg: DataConfig, log=print) -> tuple[list[Conversation], 
                 convs.append(to_conversation(rec, fmt, cfg.system_prompt))
                 n_kept += 1
             except DataError as e:
-                if cfg.on_error == "stop":
-                    raise DataError(e.message if e.file else str(e), file=e.file, line=e.line, field=e.field,
-                                    fix="fix the record, or set data.on_error=skip to skip bad records "
-                                        "(they are counted)") from None
-                report.note(e)
+                bad.handle(e)
             if cfg.max_examples and len(convs) >= cfg.max_examples:
                 break
         for e in errors:  # lines the reader itself could not parse (on_error=skip)
             n_rec += 1
-            report.note(e)
+            bad.handle(e)
         report.files.append({"path": df.path, "format": fmt, "detected": df.format == "auto",
                              "records": n_rec, "kept": n_kept})
         if cfg.max_examples and len(convs) >= cfg.max_examples:

@@ -45,7 +45,13 @@ def resolve_path(path: str) -> Path:
     return p
 
 
-def _decode(raw: bytes, file: str, line: int) -> str:
+def shown_name(path: str, p: Path) -> str:
+    """How messages name a data file: builtin:NAME as the user wrote it, else the resolved path."""
+    return path if path.startswith(BUILTIN_PREFIX) else str(p)
+
+
+def decode_utf8(raw: bytes, file: str, line: int) -> str:
+    """Bytes of a file (or one line of it) as text, without a BOM; DataError at file:line if not UTF-8."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
@@ -70,7 +76,8 @@ def _depth(obj: object, limit: int = MAX_JSON_DEPTH) -> int:
     return deepest
 
 
-def _loads(text: str, file: str, line: int) -> object:
+def parse_json(text: str, file: str, line: int) -> object:
+    """JSON text → object; DataError at file:line if it is not JSON or nested too deeply."""
     try:
         obj = json.loads(text)
     except RecursionError:
@@ -90,10 +97,10 @@ def read_jsonl(path: Path, on_error: str = "stop", errors: list | None = None) -
                 if len(raw) > MAX_LINE_BYTES:
                     raise DataError(f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} limit",
                                     file=name, line=i)
-                text = _decode(raw, name, i).strip()
+                text = decode_utf8(raw, name, i).strip()
                 if not text:
                     continue
-                yield RawRecord(_loads(text, name, i), name, i)
+                yield RawRecord(parse_json(text, name, i), name, i)
             except DataError as e:
                 if on_error == "stop":
                     raise
@@ -103,8 +110,8 @@ def read_jsonl(path: Path, on_error: str = "stop", errors: list | None = None) -
 
 def read_json(path: Path) -> Iterator[RawRecord]:
     name = str(path)
-    text = _decode(path.read_bytes(), name, 1)
-    obj = _loads(text, name, 1)
+    text = decode_utf8(path.read_bytes(), name, 1)
+    obj = parse_json(text, name, 1)
     if isinstance(obj, dict):
         for key in ("data", "examples", "train"):
             if isinstance(obj.get(key), list):
@@ -120,7 +127,7 @@ def read_json(path: Path) -> Iterator[RawRecord]:
 
 def read_csv(path: Path) -> Iterator[RawRecord]:
     name = str(path)
-    text = _decode(path.read_bytes(), name, 1)
+    text = decode_utf8(path.read_bytes(), name, 1)
     delim = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
     for row in reader:
@@ -143,7 +150,7 @@ def read_records(path: str, on_error: str = "stop", errors: list | None = None) 
     """Yield the raw records of one file; the reader is chosen by the file's extension."""
     p = resolve_path(path)
     suffix = p.suffix.lower()
-    shown = path if path.startswith(BUILTIN_PREFIX) else str(p)
+    shown = shown_name(path, p)
     if suffix in (".jsonl", ".ndjson"):
         it = read_jsonl(p, on_error, errors)
     elif suffix == ".json":

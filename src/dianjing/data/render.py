@@ -37,7 +37,6 @@ class RenderStats:
     dropped: Counter = field(default_factory=Counter)  # reason → count
     tokens: int = 0
     supervised_tokens: int = 0
-    first_errors: list = field(default_factory=list)
 
     def summary(self) -> dict:
         return {"examples": self.total, "kept": self.kept, "truncated": self.truncated,
@@ -125,8 +124,6 @@ def render_all(convs: list[Conversation], tokenizer, template: ChatTemplate, max
         except DataError as e:
             reason = "the text contains a special token" if "special token" in e.message else e.message
             stats.dropped[reason] += 1
-            if len(stats.first_errors) < 5:
-                stats.first_errors.append(str(e))
             continue
         if r.n_supervised == 0:
             reason = ("no supervised token left after truncation to max_length"

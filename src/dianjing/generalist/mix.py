@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dianjing.data.bad_records import BadRecords, Tally, reason_of
 from dianjing.errors import ConfigError, DataError
 from dianjing.generalist.registry import (T0_PREFIX, Mixture, Registry, Task, Template, load_registries,
                                           t0_dir_for)
@@ -22,6 +23,8 @@ from dianjing.generalist.templates import CompiledTask, Example
 
 
 # --------------------------------------------------------------------------- reading task data
+
+SKIP_HINT = "set on_error: skip in the mixture (skipped records are counted in the report)"
 
 
 @dataclass
@@ -31,19 +34,13 @@ class TaskData:
     task: Task
     compiled: CompiledTask
     source: Path
+    bad: BadRecords  # the mixture's on_error, and the records dropped under it
     records: list[tuple[dict, str]] = field(default_factory=list)  # (variables, "file:line")
-    dropped: Counter = field(default_factory=Counter)
-    first_errors: list[str] = field(default_factory=list)
 
-    def note(self, err: DataError, on_error: str) -> None:
-        if on_error == "stop":
-            raise DataError(err.message if err.file else str(err), file=err.file, line=err.line, field=err.field,
-                            fix="fix the record or template, or set on_error: skip in the mixture "
-                                "(skipped records are counted in the report)") from None
-        reason = (f"{err.field}: " if err.field else "") + err.message.split("\n")[0][:90]
-        self.dropped[reason] += 1
-        if len(self.first_errors) < 3:
-            self.first_errors.append(str(err))
+    @property
+    def dropped(self) -> Counter:
+        """reason -> records of this task that could not be used (on_error: skip)."""
+        return self.bad.counts
 
 
 def source_path(task: Task, reg: Registry, mix: Mixture | None) -> Path:
@@ -79,7 +76,7 @@ def _raw_records(task: Task, path: Path, on_error: str, errors: list):
 
 def load_task_data(task: Task, reg: Registry, mix: Mixture | None, on_error: str = "skip") -> TaskData:
     path = source_path(task, reg, mix)
-    td = TaskData(task, CompiledTask(task), path)
+    td = TaskData(task, CompiledTask(task), path, BadRecords(on_error, skip_hint=SKIP_HINT))
     errors: list[DataError] = []
     for rec in _raw_records(task, path, on_error, errors):
         try:
@@ -87,9 +84,9 @@ def load_task_data(task: Task, reg: Registry, mix: Mixture | None, on_error: str
                 raise DataError(f"expected an object, got {type(rec.data).__name__}", file=rec.where)
             td.records.append((td.compiled.variables(rec.data, rec.where), rec.where))
         except DataError as e:
-            td.note(e, on_error)
-    for e in errors:
-        td.note(e, on_error)
+            td.bad.handle(e)
+    for e in errors:  # lines the reader itself could not parse (on_error: skip)
+        td.bad.handle(e)
     return td
 
 
@@ -204,10 +201,12 @@ def template_pool(task: Task, mix: Mixture) -> list[Template]:
             if (pol.turned_around or not t.turned_around) and (pol.chain_of_thought or not t.chain_of_thought)]
 
 
-def renderable(td: TaskData, mix: Mixture, skipped: Counter) -> list[list[Example]]:
+def renderable(td: TaskData, mix: Mixture, skipped: Tally) -> list[list[Example]]:
     """Per record, its zero-shot renderings with each template of the pool that works and fits
-    max_chars; failures are counted in `skipped` (a record none of whose templates fit is not used)."""
+    max_chars; failures stop (on_error: stop) or are counted in `skipped` (a record none of whose
+    templates fit is not used)."""
     pool = template_pool(td.task, mix)
+    failed = BadRecords(mix.on_error, tally=skipped, skip_hint=SKIP_HINT)
     out = []
     for variables, where in td.records:
         fits = []
@@ -217,12 +216,10 @@ def renderable(td: TaskData, mix: Mixture, skipped: Counter) -> list[list[Exampl
             try:
                 ex = td.compiled.render(tmpl, variables, where, options_suffix=mix.templates.options_suffix)
             except DataError as e:
-                if mix.on_error == "stop":
-                    td.note(e, "stop")
-                skipped[f"template '{tmpl.name}': {e.message.splitlines()[0][:80]}"] += 1
+                failed.handle(e, reason=f"template '{tmpl.name}': {reason_of(e)}")
                 continue
             if mix.max_chars and len(ex.prompt) + len(ex.target) > mix.max_chars:
-                skipped[f"template '{tmpl.name}': longer than max_chars={mix.max_chars}"] += 1
+                skipped.add(f"template '{tmpl.name}': longer than max_chars={mix.max_chars}", where)
                 continue
             fits.append(ex)
         out.append(fits)
@@ -230,7 +227,7 @@ def renderable(td: TaskData, mix: Mixture, skipped: Counter) -> list[list[Exampl
 
 
 def task_examples(td: TaskData, renders: list[list[Example]], count: int, mix: Mixture, rng: random.Random,
-                  skipped: Counter) -> list[Example]:
+                  skipped: Tally) -> list[Example]:
     """`count` training examples from one task's renderable records (see `renderable`)."""
     usable = [i for i, r in enumerate(renders) if r]
     out: list[Example] = []
@@ -250,14 +247,14 @@ def task_examples(td: TaskData, renders: list[list[Example]], count: int, mix: M
         if k and rng.random() < ratio:
             same = [x for x in usable if x != i and any(e.template == ex.template for e in renders[x])]
             if len(same) < k:
-                skipped["few-shot: too few exemplars with this template, zero-shot instead"] += 1
+                skipped.add("few-shot: too few exemplars with this template, zero-shot instead", td.records[i][1])
             else:
                 tmpl = next(t for t in td.task.templates if t.name == ex.template)
                 shots = [td.records[x][0] for x in rng.sample(same, k)]
                 few = td.compiled.render(tmpl, td.records[i][0], td.records[i][1],
                                          options_suffix=mix.templates.options_suffix, exemplars=shots)
                 if mix.max_chars and len(few.prompt) + len(few.target) > mix.max_chars:
-                    skipped["few-shot: longer than max_chars, zero-shot instead"] += 1
+                    skipped.add("few-shot: longer than max_chars, zero-shot instead", td.records[i][1])
                 else:
                     ex = few
         out.append(ex)
@@ -277,10 +274,10 @@ def build_mixture(mix: Mixture, log=print) -> MixResult:
     rng = random.Random(mix.seed)
     data: dict[str, TaskData] = {}
     renders: dict[str, list[list[Example]]] = {}
-    skipped: dict[str, Counter] = {}
+    skipped: dict[str, Tally] = {}
     for t in p.train:
         td = data[t.name] = load_task_data(t, p.registry_of[t.name], mix, mix.on_error)
-        skipped[t.name] = Counter()
+        skipped[t.name] = Tally()
         renders[t.name] = renderable(td, mix, skipped[t.name])
     sizes = {n: sum(1 for r in renders[n] if r) for n in data}
     unusable = sorted(n for n, k in sizes.items() if not k)
@@ -300,11 +297,10 @@ def build_mixture(mix: Mixture, log=print) -> MixResult:
             "examples": len(exs), "repeats": max(0, len(exs) - sizes[name]),
             "templates": dict(sorted(Counter(e.template for e in exs).items())),
             "few_shot": sum(1 for e in exs if e.shots),
-            "dropped_records": dict(td.dropped), "skipped": dict(skipped[name]),
+            "dropped_records": dict(td.dropped), "skipped": dict(skipped[name].counts),
         }
         if td.dropped:
-            log(f"{name}: skipped {sum(td.dropped.values())} bad records: "
-                + "; ".join(f"{r} ({c})" for r, c in td.dropped.most_common(3)))
+            log(f"{name}: {td.bad.summary()}")
     rng.shuffle(examples)
     report = {
         "mixture": mix.origin, "seed": mix.seed, "registries": [r.origin for r in regs],

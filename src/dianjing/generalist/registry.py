@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from dianjing.config import read_yaml_tree, validate
+# _Strict: the one pydantic base of every config model (extra="forbid", validate_assignment)
+from dianjing.config import _Strict, read_yaml_tree, validate
 from dianjing.errors import ConfigError
 
 METRICS = ("accuracy", "exact_match", "rouge_l", "squad_f1")
@@ -43,10 +44,6 @@ T0_PREFIX = "t0:"
 T0_REGISTRY = "t0"  # in a mixture's `registries`: the registry built from the T0 folder
 T0_ENV = "DIANJING_T0_DIR"
 T0_DEFAULT = Path("..") / "shared" / "data" / "multitask" / "t0"  # relative to the working directory
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Template(_Strict):

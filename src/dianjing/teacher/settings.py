@@ -9,14 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from dianjing.config import read_yaml_tree, validate
+# _Strict: the one pydantic base of every config model (extra="forbid", validate_assignment)
+from dianjing.config import _Strict, read_yaml_tree, validate
 from dianjing.errors import ConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class TeacherSettings(_Strict):
