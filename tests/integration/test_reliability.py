@@ -16,6 +16,7 @@ import torch
 from dianjing.config import load_config
 from dianjing.errors import DianjingError, ModelError
 from dianjing.train import checkpoint, loop
+from dianjing.train.loss import SFTLoss
 from dianjing.train.loop import train
 
 COMMON = ["train.batch_size=2", "train.lr=5e-3", "train.warmup_ratio=0", "train.threads=1",
@@ -95,7 +96,7 @@ def test_half_written_checkpoint_is_never_trusted(tiny_llama, alpaca_file, tmp_p
 
 
 def test_nan_steps_are_skipped_and_counted(tiny_llama, alpaca_file, tmp_path, monkeypatch):
-    real = loop.SFTLoss.__call__
+    real = SFTLoss.__call__
     calls = {"n": 0}
 
     def sometimes_nan(self, batch):
@@ -103,14 +104,14 @@ def test_nan_steps_are_skipped_and_counted(tiny_llama, alpaca_file, tmp_path, mo
         loss, n = real(self, batch)
         return (loss * float("nan"), n) if calls["n"] in (3, 7) else (loss, n)
 
-    monkeypatch.setattr(loop.SFTLoss, "__call__", sometimes_nan)
+    monkeypatch.setattr(SFTLoss, "__call__", sometimes_nan)
     run_dir, summary = train(_cfg(tiny_llama, alpaca_file, tmp_path / "r", "train.max_steps=10"), log=lambda *_: None)
     assert summary["skipped_steps"] == 2 and summary["steps"] == 10
     assert all(torch.isfinite(torch.tensor(l)) for _, l in _losses(run_dir))
 
 
 def test_too_many_bad_steps_stop_with_a_usable_checkpoint(tiny_llama, alpaca_file, tmp_path, monkeypatch):
-    real = loop.SFTLoss.__call__
+    real = SFTLoss.__call__
     calls = {"n": 0}
 
     def nan_after_4(self, batch):
@@ -118,7 +119,7 @@ def test_too_many_bad_steps_stop_with_a_usable_checkpoint(tiny_llama, alpaca_fil
         loss, n = real(self, batch)
         return (loss + float("inf"), n) if calls["n"] > 4 else (loss, n)
 
-    monkeypatch.setattr(loop.SFTLoss, "__call__", nan_after_4)
+    monkeypatch.setattr(SFTLoss, "__call__", nan_after_4)
     with pytest.raises(DianjingError, match="3 steps in a row") as e:
         train(_cfg(tiny_llama, alpaca_file, tmp_path / "r", "train.max_bad_steps=3"), log=lambda *_: None)
     assert "--resume" in str(e.value)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from dianjing.cli import main
 from dianjing.config import load_config
+from dianjing.precision import for_inference
 from dianjing.train.loop import train
 from tests.tiny import build_bert, build_model
 
@@ -122,7 +123,7 @@ def test_pair_reads_the_second_text(tiny_bert, tmp_path):
                "data.eval_fraction=0.25")
     run_dir, summary = train(cfg, log=lambda *_: None)
     assert summary["final_eval"]["accuracy"] == 1.0
-    from dianjing.specialist.data import TextExample
+    from dianjing.data.specialist_readers import TextExample
     from dianjing.specialist.task import load_head
 
     head, _ = load_head(run_dir, log=lambda *_: None)
@@ -193,7 +194,7 @@ def test_extract_qa_windows_map_back_exactly(tiny_bert, tiny_gemma_m, tmp_path):
     """With logits set to the labelled span, every answer decoded from its window equals the gold text."""
     from dianjing.config import TaskConfig
     from dianjing.models.load import load_tokenizer
-    from dianjing.specialist.data import QAExample
+    from dianjing.data.specialist_readers import QAExample
     from dianjing.specialist.task import Head
 
     for model in (tiny_bert, tiny_gemma_m):
@@ -202,7 +203,8 @@ def test_extract_qa_windows_map_back_exactly(tiny_bert, tiny_gemma_m, tmp_path):
                          answers=[(r["answers"]["text"][0], r["answers"]["answer_start"][0])])
                for i, r in enumerate(_qa_records())]
         dummy = type("M", (), {"config": type("C", (), {"type_vocab_size": 2})()})()
-        head = Head("extract-qa", tok, dummy, [], 32, TaskConfig(type="extract-qa", doc_stride=8))
+        head = Head("extract-qa", tok, dummy, [], 32, TaskConfig(type="extract-qa", doc_stride=8),
+                    for_inference("fp32"))
         feats = head.encode(exs, training=True)
         assert len(feats) > len(exs)  # long contexts were split into windows
         assert all(len(f.input_ids) <= 32 for f in feats)

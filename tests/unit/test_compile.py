@@ -1,6 +1,5 @@
 """train.compile: which models get their blocks compiled, and that the choice is pinned for --resume."""
 
-import json
 
 import torch
 import yaml
@@ -44,4 +43,5 @@ def test_auto_is_pinned_in_the_run_config(tiny_llama, alpaca_file, tmp_path):
     assert trainer.compiled is False
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["compile"] == "off" and saved["model"]["precision"] in ("fp32", "bf16")
-    assert json.dumps(saved)  # plain data
+    again = load_config(run / "config.yaml")  # what --resume reads: the pinned values, not 'auto'
+    assert again.train.compile == "off" and again.model.precision == saved["model"]["precision"]

@@ -25,7 +25,7 @@ def run(args) -> int:
     from dianjing.cli.evaluate import _cfg
     from dianjing.specialist.task import load_head, read_examples
 
-    head, info = load_head(Path(args.run), log=log)
+    head, info = load_head(Path(args.run), log=log, command="dianjing predict")
     cfg = _cfg(info, args.on_error)
     examples, _ = read_examples(cfg, args.file, require_labels=False, log=log)
     preds = head.predict(examples, args.batch_size)

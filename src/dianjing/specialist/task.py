@@ -1,9 +1,10 @@
 """The specialist route: what the one training loop needs for classify / pair / tag / extract-qa,
 and the prediction and scoring that `dianjing predict` and `dianjing eval` use.
 
-Data flows as on the generative route: files → examples (specialist.data, every rejection
-counted) → features (specialist.encode) → batches → backbone + head (specialist.model) →
-the training loop → run folder → predictions → metrics (specialist.metrics).
+Data flows as on the generative route: files → examples (data.specialist_readers, every
+rejection counted) → features (specialist.encode) → batches → backbone + head
+(specialist.model) → `build`'s Setup → the one training loop → run folder → predictions →
+metrics (eval.metrics).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dianjing.config import RunConfig
 from dianjing.data.load import split_eval
 from dianjing.errors import DianjingError
 from dianjing.precision import Precision, for_training, from_name
-from dianjing.specialist import data as sd
-from dianjing.specialist import metrics as sm
+from dianjing.data import specialist_readers as sd
+from dianjing.eval import metrics as sm
 from dianjing.specialist import model as smodel
 from dianjing.specialist.encode import IGNORE, Encoder, EncodeStats, Feature
 
@@ -116,7 +117,7 @@ class Head:
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             batch = self.collate([feats[i] for i in idx])
-            with self._precision():
+            with self.precision.autocast():
                 lg = smodel.head_logits(self.model, batch).float()
             for r, i in enumerate(idx):
                 by_index[i] = lg[r, : len(feats[i].input_ids)] if lg.dim() > 2 else lg[r]
@@ -279,16 +280,19 @@ def setup(cfg: RunConfig, model_path: str, tokenizer, prec: Precision, log=print
 
 
 # -- run folders -----------------------------------------------------------------------
-def load_head(run_dir: Path, log=print) -> tuple[Head, dict]:
+def load_head(run_dir: Path, log=print, command: str = "dianjing eval") -> tuple[Head, dict]:
     from dianjing.models.load import load_tokenizer
+    from dianjing.run_folder import SPECIALIST, RunFolder
 
-    spec = run_dir / "specialist"
+    run = RunFolder(run_dir)
+    run.require(SPECIALIST, command=command)  # a chat run or an unfinished one: say which command fits
+    spec = run.specialist
     info_path = spec / "specialist.json"
     if not info_path.exists():
         raise DianjingError(f"{run_dir} holds no specialist model (no specialist/specialist.json)",
-                            fix="pass a run folder trained with --task classify|pair|tag|extract-qa")
+                            fix="the run folder is damaged; train it again")
     info = json.loads(info_path.read_text(encoding="utf-8"))
-    tok = load_tokenizer(str(run_dir / "tokenizer"), log=log)
+    tok = load_tokenizer(str(run.tokenizer), log=log)
     # compute as the run trained: its dtype for the frozen body, fp32 for the head and trained weights
     full = info["adapter"]["method"] == "full"
     prec = for_training("bf16" if from_name(info.get("dtype", "float32")) == torch.bfloat16 else "fp32",
@@ -300,3 +304,53 @@ def load_head(run_dir: Path, log=print) -> tuple[Head, dict]:
                 prec)
     return head, info
 
+
+
+# -- the route's builder (see dianjing.train.setup) ---------------------------------------
+def build(ctx):
+    """A specialist run for the one training loop: data, backbone + head, its loss and metrics."""
+    from dianjing.models.adapters import count_params
+    from dianjing.train.setup import Setup, base_summary, trainable
+
+    cfg, log = ctx.cfg, ctx.log
+    data, head, train_feats, eval_feats, _ = setup(cfg, ctx.model_path, ctx.tokenizer, ctx.precision, log=log,
+                                                   random_init=cfg.model.random_init)
+    model = head.model
+    if cfg.model.gradient_checkpointing:
+        body = model.backbone if hasattr(model, "backbone") else model
+        if hasattr(body, "gradient_checkpointing_enable"):
+            body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    n_trainable, total = count_params(model)
+    dtype = str(ctx.precision.dtype).split(".")[-1]
+    log(f"model: {ctx.model_path} ({total / 1e6:.1f}M parameters, {dtype}), "
+        f"{cfg.adapter.method}: {n_trainable / 1e6:.2f}M trainable ({100 * n_trainable / total:.2f}%)")
+    groups = trainable(model)
+    if cfg.task.head_lr:  # a new head may want a larger step than the body
+        ids = smodel.head_parameter_ids(model)
+        params = groups[0]["params"]
+        groups = [g for g in ({"params": [p for p in params if id(p) not in ids]},
+                              {"params": [p for p in params if id(p) in ids], "lr": cfg.task.head_lr}) if g["params"]]
+
+    def eval_scores() -> dict:
+        if not data.eval_examples:
+            return {}
+        r = head.score(data.eval_examples, head.predict(data.eval_examples, cfg.train.batch_size))
+        return {k: float(v) for k, v in r.items()
+                if isinstance(v, (int, float)) and k not in ("count", "support", "missing", "extra")}
+
+    def save(run) -> None:
+        smodel.save(model, run.specialist, head.info(cfg, ctx.model_path, dtype))
+        ctx.tokenizer.save_pretrained(str(run.tokenizer))
+
+    def summarize(state: dict) -> dict:
+        return {"task": cfg.task.type, "examples": len(data.train_examples),
+                **base_summary(state, 6 * total * state["tokens"]),
+                "final_eval": state.get("eval_scores"), "labels": data.labels, "data": data.report.summary(),
+                "eval_data": data.eval_report.summary() if data.eval_report else None}
+
+    return Setup(model=model, param_groups=groups, train_set=train_feats, eval_set=eval_feats, collate=head.collate,
+                 loss=head.loss, count_targets=head.count_targets, flops_per_token=6 * total, flops_per_target=0,
+                 save=save, summarize=summarize, eval_scores=eval_scores,
+                 info={"base_model": ctx.model_path, "model_name": cfg.model.name, "task": cfg.task.type,
+                       "method": cfg.adapter.method, "dtype": dtype})

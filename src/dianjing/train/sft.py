@@ -1,0 +1,119 @@
+"""The chat SFT route's builder: instruction data → conversations → ids + answer mask; a causal
+LM with an adapter (or fully fine-tuned), the fused sparse loss, compiled blocks where it helps."""
+
+from __future__ import annotations
+
+from dianjing.data.batching import collate
+from dianjing.data.load import load_conversations, split_eval
+from dianjing.data.render import RenderStats, render_all
+from dianjing.data.templates import choose_template
+from dianjing.errors import DianjingError
+from dianjing.models.adapters import attach, count_params
+from dianjing.models.load import load_model
+from dianjing.run_folder import RunFolder
+from dianjing.train.compile import compile_blocks
+from dianjing.train.compile import decide as compile_decide
+from dianjing.train.loss import SFTLoss
+from dianjing.train.setup import Context, Setup, base_summary, trainable
+
+
+def build(ctx: Context) -> Setup:
+    cfg, log = ctx.cfg, ctx.log
+    if cfg.model.random_init:
+        raise DianjingError("model.random_init is for specialist baselines; instruction tuning starts "
+                            "from pre-trained weights", fix="remove model.random_init or set task.type")
+    template, why = choose_template(cfg.data.template, ctx.tokenizer)
+    log(why)
+    train_set, eval_set, stats, load_report = _data(ctx, template)
+    model, total = _model(ctx)
+    loss_fn = SFTLoss(model, cfg.train.logits, log=log)
+    log(f"logits: {loss_fn.mode}")
+    if ctx.precision.autocast_dtype is not None and cfg.adapter.method != "full":
+        _keep_bf16_inputs(model)
+    # after the loss check above, so that its no-grad forward is not what gets compiled
+    compiled, why = compile_decide(cfg.train.compile, model)
+    log(why)
+    if compiled:
+        compile_blocks(model)
+    ctx.pin(cfg.train, "compile", "on" if compiled else "off")
+    head_w = loss_fn.head.weight.numel() if loss_fn.head is not None else 0
+    flops_per_token, flops_per_target = 6 * (total - head_w), 6 * head_w
+    pad_id = ctx.tokenizer.pad_token_id
+
+    def save(run: RunFolder) -> None:
+        if cfg.adapter.method == "full":
+            model.save_pretrained(str(run.model), safe_serialization=True)
+        else:
+            model.save_pretrained(str(run.adapter))
+        ctx.tokenizer.save_pretrained(str(run.tokenizer))
+        run.write_template(template)
+
+    def summarize(state: dict) -> dict:
+        flops = flops_per_token * state["tokens"] + flops_per_target * state["supervised_tokens"]
+        return {**base_summary(state, flops), "data": stats.summary(), "skipped_records": dict(load_report.skipped),
+                "files": load_report.files, "logits": loss_fn.mode}
+
+    return Setup(model=model, param_groups=trainable(model), train_set=train_set, eval_set=eval_set,
+                 collate=lambda exs: collate(exs, pad_id), loss=loss_fn,
+                 count_targets=lambda b: int(b["mask"][:, 1:].sum()),
+                 flops_per_token=flops_per_token, flops_per_target=flops_per_target, save=save, summarize=summarize,
+                 info={"base_model": ctx.model_path, "model_name": cfg.model.name, "method": cfg.adapter.method,
+                       "dtype": str(ctx.precision.dtype).split(".")[-1]},
+                 compiled=compiled)
+
+
+def _data(ctx: Context, template):
+    """Files → conversations → rendered examples (ids + answer mask), with what was dropped and why."""
+    cfg, log = ctx.cfg, ctx.log
+    convs, load_report = load_conversations(cfg.data, log=log)
+    if cfg.data.eval_files:
+        eval_convs, _ = load_conversations(cfg.data.model_copy(update={"files": cfg.data.eval_files,
+                                                                       "max_examples": None}), log=log)
+        train_convs = convs
+    else:
+        train_convs, eval_convs = split_eval(convs, cfg.data.eval_fraction, cfg.train.seed)
+    stats = RenderStats()
+    train_set = render_all(train_convs, ctx.tokenizer, template, cfg.data.max_length, cfg.data.loss_on, stats)
+    eval_set = render_all(eval_convs, ctx.tokenizer, template, cfg.data.max_length, cfg.data.loss_on)
+    if not train_set:
+        raise DianjingError("no training example has a supervised token left",
+                            fix="raise data.max_length; `dianjing validate` shows the examples")
+    log(f"data: {stats.kept} training examples ({stats.tokens} tokens, {stats.supervised_tokens} supervised), "
+        f"{len(eval_set)} held out; truncated {stats.truncated}; dropped {sum(stats.dropped.values())}"
+        + "".join(f"\n  dropped {n}: {why}" for why, n in stats.dropped.items())
+        + "".join(f"\n  skipped {n} records: {why}" for why, n in load_report.skipped.items()))
+    return train_set, eval_set, stats, load_report
+
+
+def _model(ctx: Context):
+    """The base model in the run's precision, gradient checkpointing, the adapter (fp32 weights)."""
+    cfg, prec = ctx.cfg, ctx.precision
+    full = cfg.adapter.method == "full"
+    base = load_model(ctx.model_path, prec.load_dtype(trains_base=full), cfg.model.trust_remote_code,
+                      cfg.model.attn_implementation)
+    base.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "enable_input_require_grads"):
+            base.enable_input_require_grads()
+    if not full:
+        for p in base.parameters():
+            p.requires_grad_(False)
+    model = attach(base, cfg.adapter)
+    for p in model.parameters():  # adapters train in fp32 whatever the base dtype
+        if p.requires_grad and p.dtype != prec.trained and not full:
+            p.data = p.data.to(prec.trained)
+    model.train()
+    trainable_n, total = count_params(model)
+    ctx.log(f"model: {ctx.model_path} ({total / 1e6:.1f}M parameters, {str(prec.dtype).split('.')[-1]}), "
+            f"{cfg.adapter.method}: {trainable_n / 1e6:.2f}M trainable ({100 * trainable_n / total:.2f}%)")
+    return model, total
+
+
+def _keep_bf16_inputs(model) -> None:
+    """PEFT casts every adapted layer's input to the adapter's dtype (fp32): a copy of each
+    activation and fp32 products; instead keep the bf16 input and let autocast run the rank-r
+    products in bf16 over the fp32 weights (forward, checkpoint recompute, backward)."""
+    for m in model.modules():
+        if hasattr(m, "cast_input_dtype_enabled"):
+            m.cast_input_dtype_enabled = False
