@@ -120,7 +120,7 @@ def run_trl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from dianjing.models.adapters import _linear_names
+    from dianjing.models.adapters import linear_names
 
     torch.manual_seed(SEED)
     tok = AutoTokenizer.from_pretrained(spec["model_path"])
@@ -131,7 +131,7 @@ def run_trl(spec: dict) -> dict:
     for p in model.parameters():
         p.requires_grad_(False)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.0,
-                                             target_modules=_linear_names(model)))
+                                             target_modules=linear_names(model, exclude=model.get_output_embeddings())))
     # the same text dianjing's plain template renders: prompt "USER: …\nAI:", answer " …" + EOS
     ds = Dataset.from_list([{"prompt": f"USER: {e['user']}\nAI:", "completion": f" {e['assistant']}"}
                             for e in spec["examples"]])

@@ -1,51 +1,104 @@
-"""Adapters through PEFT (LoRA, DoRA, IA3, prompt tuning) or full fine-tuning, from one config."""
+"""Adapters through PEFT (LoRA, DoRA, IA3, prompt tuning) or full fine-tuning, from one config,
+for both routes: a causal LM (the chat route) or the backbone of a model with a task head.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import warnings
 
 import torch
 
 from dianjing.config import AdapterConfig
 from dianjing.errors import ConfigError
 
+# IA3 scales the input of feed-forward output projections and the output of the others; these
+# name fragments mark the feed-forward ones across architectures (Llama/Gemma down_proj, GPT-2
+# c_proj, OPT/BART fc2, T5 w2 and out_proj, BERT's output.dense)
+FEEDFORWARD_HINTS = ("down", "fc2", "out_proj", "w2", "c_proj", "output")
 
-def _linear_names(model) -> list[str]:
-    """Every linear projection in the transformer blocks (not the output layer)."""
-    out_emb = model.get_output_embeddings()
+
+@contextlib.contextmanager
+def peft_quiet():
+    """Around PEFT's model wrapping: it reads transformers' deprecated `is_gradient_checkpointing`
+    alias, which warns on every run and leaves nothing for a user to do."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield
+
+
+def linear_names(module: torch.nn.Module, exclude: torch.nn.Module | None = None) -> list[str]:
+    """The names (last component) of every linear layer in `module`, except `exclude` (an output layer)."""
     names = set()
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and mod is not out_emb:
+    for name, mod in module.named_modules():
+        if isinstance(mod, torch.nn.Linear) and mod is not exclude:
             names.add(name.rsplit(".", 1)[-1])
     return sorted(names)
 
 
-def attach(model, cfg: AdapterConfig):
-    """Wrap the model for training according to adapter.method; returns the model to train."""
+def peft_config(cfg: AdapterConfig, targets: list[str], task_type=None):
+    """The PEFT config for adapter.method over `targets`."""
+    from peft import IA3Config, LoraConfig, PromptTuningConfig
+
+    kw = {"task_type": task_type} if task_type is not None else {}
+    match cfg.method:
+        case "lora" | "dora":
+            return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                              use_dora=cfg.method == "dora", **kw)
+        case "ia3":
+            ff = [t for t in targets if any(k in t for k in FEEDFORWARD_HINTS)]
+            return IA3Config(target_modules=targets, feedforward_modules=ff, **kw)
+        case "prompt_tuning":
+            return PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, **kw)
+    raise ConfigError(f"adapter.method: unknown method {cfg.method!r}")
+
+
+def attach(model, cfg: AdapterConfig, *, body: torch.nn.Module | None = None):
+    """Make `model` trainable according to adapter.method; returns the model to train.
+
+    Without `body` the model is a causal LM and PEFT wraps it (`get_peft_model`, which saves as
+    an `adapter/` folder). With `body` (the backbone of a model with a task head) the adapter is
+    injected into the backbone only and everything outside it (the head) trains in full; the
+    adapter weights are fp32 whatever the backbone's dtype.
+    """
     if cfg.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from peft import IA3Config, LoraConfig, PromptTuningConfig, TaskType, get_peft_model
-
-    targets = _linear_names(model) if cfg.target_modules == "all-linear" else cfg.target_modules
-    if not targets:
+    inner = model if body is None else body
+    targets = (linear_names(inner, exclude=inner.get_output_embeddings() if body is None else None)
+               if cfg.target_modules == "all-linear" else cfg.target_modules)
+    if not targets and cfg.method != "prompt_tuning":
         raise ConfigError("adapter.target_modules: the model has no linear layers to adapt")
-    match cfg.method:
-        case "lora" | "dora":
-            pcfg = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha,
-                              lora_dropout=cfg.dropout, target_modules=targets,
-                              use_dora=cfg.method == "dora")
-        case "ia3":
-            ff = [t for t in targets if any(k in t for k in ("down", "fc2", "out_proj", "w2", "c_proj"))]
-            pcfg = IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets,
-                             feedforward_modules=ff)
-        case "prompt_tuning":
-            pcfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
-        case _:
-            raise ConfigError(f"adapter.method: unknown method {cfg.method!r}")
+    if body is None:
+        from peft import TaskType, get_peft_model
+
+        try:
+            with peft_quiet():
+                return get_peft_model(model, peft_config(cfg, targets, TaskType.CAUSAL_LM))
+        except ValueError as e:
+            raise ConfigError(f"adapter: PEFT cannot apply {cfg.method} to this model: {e}") from None
+    if cfg.method == "prompt_tuning":
+        raise ConfigError("adapter.method: prompt_tuning needs a generative model (task.type sft)",
+                          fix="use lora, dora, ia3 or full for a model with a task head")
+    from peft import inject_adapter_in_model
+
+    for p in model.parameters():
+        p.requires_grad_(False)
     try:
-        return get_peft_model(model, pcfg)
+        inject_adapter_in_model(peft_config(cfg, targets), body)
     except ValueError as e:
-        raise ConfigError(f"adapter: PEFT cannot apply {cfg.method} to this model: {e}") from None
+        raise ConfigError(f"adapter: PEFT cannot apply {cfg.method} to this backbone: {e}") from None
+    in_body = set()
+    for n, p in body.named_parameters():
+        in_body.add(id(p))
+        if "lora_" in n or "ia3_" in n:
+            p.requires_grad_(True)
+            p.data = p.data.float()
+    for p in model.parameters():  # the head
+        if id(p) not in in_body:
+            p.requires_grad_(True)
+    return model
 
 
 def count_params(model) -> tuple[int, int]:
