@@ -114,7 +114,7 @@ def option_logprobs(model, batch, first_logits: torch.Tensor, conts: list[list[l
     `batch` (a KVBatch from generate.prefill) is left untouched: each chunk of option rows works
     on a copy of its cache, one row per (prompt, option).
     """
-    from dianjing.infer.generate import select
+    from dianjing.infer.generate import CACHE, select
 
     first = torch.log_softmax(first_logits.float(), dim=-1)
     rows = [(i, j) for i, opts in enumerate(conts) for j in range(len(opts))]
@@ -132,7 +132,7 @@ def option_logprobs(model, batch, first_logits: torch.Tensor, conts: list[list[l
             mask[r, :len(t)] = 1
         pos = kv.mask.sum(-1, keepdim=True) + torch.arange(length)[None, :]
         logits = model(input_ids=ids, attention_mask=torch.cat([kv.mask, mask], dim=1), position_ids=pos,
-                       past_key_values=kv.cache, use_cache=True).logits
+                       use_cache=True, **{CACHE: kv.cache}).logits
         lp = torch.log_softmax(logits.float(), dim=-1)
         for r, (i, j) in enumerate(chunk):
             targets = torch.tensor(conts[i][j][1:])

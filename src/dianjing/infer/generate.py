@@ -14,6 +14,15 @@ import torch
 
 from dianjing.data.templates import ChatTemplate
 
+# transformers 5.24 renamed the KV-cache argument and output field `past_key_values` to `cache`
+# (the old name warns on every call and goes in 5.40); earlier 5.x releases know only the old one
+try:
+    from transformers.modeling_outputs import CausalLMOutputWithPast as _Out
+
+    CACHE = "cache" if "cache" in _Out.__dataclass_fields__ else "past_key_values"
+except ImportError:  # pragma: no cover
+    CACHE = "past_key_values"
+
 
 @dataclass
 class SamplingParams:
@@ -148,8 +157,8 @@ def stream(model, tokenizer, ids: list[int], params: SamplingParams,
     past = None
     inp = torch.tensor([ids], dtype=torch.long)
     for _ in range(params.max_new_tokens):
-        res = model(input_ids=inp, past_key_values=past, use_cache=True)
-        past = res.past_key_values
+        res = model(input_ids=inp, use_cache=True, **{CACHE: past})
+        past = getattr(res, CACHE)
         nxt = _sample(res.logits[0, -1], params, gen)
         if nxt in eos:
             break
@@ -229,7 +238,7 @@ def prefill(model, rows: list[list[int]], pad_id: int) -> tuple[KVBatch, torch.T
             mask[i, length - len(r):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return KVBatch(out.past_key_values, mask), out.logits[:, -1]
+    return KVBatch(getattr(out, CACHE), mask), out.logits[:, -1]
 
 
 @torch.inference_mode()
@@ -238,8 +247,8 @@ def decode_step(model, batch: KVBatch, tokens: list[int]) -> torch.Tensor:
     batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.rows, 1))], dim=1)
     pos = batch.mask.sum(-1, keepdim=True) - 1
     out = model(input_ids=torch.tensor(tokens, dtype=torch.long)[:, None], attention_mask=batch.mask,
-                position_ids=pos, past_key_values=batch.cache, use_cache=True)
-    batch.cache = out.past_key_values
+                position_ids=pos, use_cache=True, **{CACHE: batch.cache})
+    batch.cache = getattr(out, CACHE)
     return out.logits[:, -1]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dianjing.data.templates import choose_template
+from dianjing.models.adapters import peft_quiet
 from dianjing.models.load import load_model, load_tokenizer, resolve_model
 from dianjing.precision import for_inference
 from dianjing.run_folder import CHAT_ADAPTER, CHAT_FULL, SPECIALIST, UNFINISHED, RunFolder, is_chat_run
@@ -31,7 +32,8 @@ def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=
             from peft import PeftModel
 
             base = load_model(info["base_model"], dtype)
-            model = PeftModel.from_pretrained(base, str(run.adapter))
+            with peft_quiet():
+                model = PeftModel.from_pretrained(base, str(run.adapter))
             if merge and info["method"] in ("lora", "dora", "ia3"):
                 model = model.merge_and_unload()
         model.eval()

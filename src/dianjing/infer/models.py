@@ -13,6 +13,7 @@ from dianjing.data.templates import ChatTemplate, choose_template
 from dianjing.errors import DianjingError
 from dianjing.infer.generate import eos_ids
 from dianjing.infer.load import is_run, load_run
+from dianjing.models.adapters import peft_quiet
 from dianjing.models.load import load_model, load_tokenizer, resolve_model
 from dianjing.precision import for_inference
 from dianjing.run_folder import CHAT_ADAPTER, CHAT_FULL, NOT_A_RUN, RunFolder
@@ -108,10 +109,11 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
     served = []
     for i, (p, name) in enumerate(zip(runs, names)):
         adapter = f"adapter_{i}"  # PEFT adapter names become module keys: no dots allowed, so not `name`
-        if i == 0:
-            model = PeftModel.from_pretrained(model, str(RunFolder(p).adapter), adapter_name=adapter)
-        else:
-            model.load_adapter(str(RunFolder(p).adapter), adapter_name=adapter)
+        with peft_quiet():
+            if i == 0:
+                model = PeftModel.from_pretrained(model, str(RunFolder(p).adapter), adapter_name=adapter)
+            else:
+                model.load_adapter(str(RunFolder(p).adapter), adapter_name=adapter)
         tok = load_tokenizer(str(RunFolder(p).tokenizer), log=lambda *_: None)
         template = RunFolder(p).template()
         served.append(_served(name, adapter, model, tok, template))

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import torch
@@ -84,8 +85,12 @@ def convert_gguf(gguf: Path, out: Path | None = None, log=print) -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as e:
-        raise ModelError(f"cannot read GGUF file {gguf}: {e}") from None
+    except (OSError, ValueError, KeyError, ImportError, struct.error) as e:  # a bad file, or an architecture
+        # it cannot convert; anything else (out of memory, a bug) is not "cannot read" and keeps its traceback
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"cannot read GGUF file {gguf}: {type(e).__name__}: {e}",
+                         fix="check that the file is a complete GGUF model (download it again); transformers "
+                             "converts only the GGUF architectures it knows (llama, mistral, qwen2, gemma3, …)") from None
     tok.save_pretrained(str(tmp))
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
@@ -187,3 +192,14 @@ def pick_dtype(precision: str) -> torch.dtype:
     from dianjing.precision import resolve
 
     return resolve(precision)
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing without re-entrant autograd. transformers 5.x renamed
+    `gradient_checkpointing_enable` to `activation_checkpointing_enable` (the old name warns);
+    models or releases that have only the old name still get it."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

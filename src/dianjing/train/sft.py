@@ -9,7 +9,7 @@ from dianjing.data.render import RenderStats, render_all
 from dianjing.data.templates import choose_template
 from dianjing.errors import DianjingError
 from dianjing.models.adapters import attach, count_params
-from dianjing.models.load import load_model
+from dianjing.models.load import enable_checkpointing, load_model
 from dianjing.run_folder import RunFolder
 from dianjing.train.compile import compile_blocks
 from dianjing.train.compile import decide as compile_decide
@@ -93,7 +93,7 @@ def _model(ctx: Context):
                       cfg.model.attn_implementation)
     base.config.use_cache = False
     if cfg.model.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(base)
         if hasattr(base, "enable_input_require_grads"):
             base.enable_input_require_grads()
     if not full:
