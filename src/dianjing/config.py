@@ -148,17 +148,35 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-def _format_validation_error(err: ValidationError, source: str, what: str = "config") -> str:
+def _format_validation_error(err: ValidationError, source: str, what: str = "config", cls=None) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}'")
+            lines.append(f"unknown key '{key}'{_did_you_mean(cls, e['loc'])}")
         elif not key:  # a check over the whole file (model_validator)
             lines.append(e["msg"])
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
     return f"{source}: invalid {what}:\n  " + "\n  ".join(lines)
+
+
+def _did_you_mean(cls, loc: tuple) -> str:
+    """' (did you mean 'train.lr'?)' for a misspelt key, or the section's keys when nothing is close."""
+    import difflib
+
+    node = cls
+    for part in loc[:-1]:  # walk down to the section the key is in
+        field = getattr(node, "model_fields", {}).get(part) if node is not None else None
+        node = field.annotation if field is not None and isinstance(field.annotation, type) else None
+    if node is None or not hasattr(node, "model_fields"):
+        return ""
+    prefix = ".".join(str(p) for p in loc[:-1])
+    known = list(node.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)"
+    return f" ({prefix or 'the top level'} has: {', '.join(known)})"
 
 
 def _parse_value(text: str) -> Any:
@@ -212,7 +230,8 @@ def validate(cls, tree: dict, source: str, what: str = "config"):
     try:
         return cls.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source, what)) from None
+        raise ConfigError(_format_validation_error(e, source, what, cls),
+                          fix="docs/configuration.md lists every key with its type and default") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

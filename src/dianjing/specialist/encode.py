@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from dianjing.errors import ConfigError
+
 IGNORE = -100
 
 
@@ -144,7 +146,9 @@ class Encoder:
             ctx, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
             room = self.budget(True) - len(q)
             if room < 8:
-                raise ValueError(f"data.max_length {self.max_length} leaves no room for the context")
+                raise ConfigError(f"data.max_length is {self.max_length}: after the question ({len(q)} tokens) and "
+                                  f"the special tokens only {max(0, room)} context tokens fit in a window (8 at least)",
+                                  fix=f"raise data.max_length to at least {self.max_length + 8 - room}")
             step = max(1, room - min(stride, room - 1))
             windows = []
             s = 0
