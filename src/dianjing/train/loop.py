@@ -162,59 +162,23 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict:
+        """Steps until total_steps: gradients over the step's micro-batches, a bad step skipped,
+        the optimizer step, then metrics, evaluation and checkpoints on their schedules."""
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_root = self.folder.checkpoints
-        metrics_path = self.folder.metrics
-        state = {"step": 0, "tokens": 0, "supervised_tokens": 0, "elapsed_s": 0.0, "bad_steps": 0,
-                 "skipped_steps": 0}
-        if resume:
-            last = ckpt.latest_checkpoint(ckpt_root, log=self.log)
-            if last is None:
-                self.log("no complete checkpoint to resume from; starting from step 0")
-            else:
-                state.update(ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler))
-                self.log(f"resumed from {last.name} (step {state['step']})")
-        _truncate_metrics(metrics_path, state["step"])
+        state = self._start(resume)
         step = state["step"]
         t_start = time.perf_counter() - state["elapsed_s"]
         bar = Progress(self.total_steps, start=step)
         window_t, window_tok = time.perf_counter(), 0
-        with open(metrics_path, "a", encoding="utf-8") as metrics:
+        with open(self.folder.metrics, "a", encoding="utf-8") as metrics:
             while step < self.total_steps:
                 batches = [self.micro_batch(step * t.grad_accum + a) for a in range(t.grad_accum)]
                 n_targets = sum(self.setup.count_targets(b) for b in batches)
                 step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-                total_loss = 0.0
-                for b in batches:
-                    loss_sum, _ = self._forward(b)
-                    (loss_sum / max(1, n_targets)).backward()
-                    total_loss += float(loss_sum.detach())
-                loss = total_loss / max(1, n_targets)
-                params = self.params
-                if t.max_grad_norm:
-                    gnorm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
-                else:
-                    gnorm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+                loss, gnorm = self._gradients(batches, n_targets)
                 if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                    # a bad step changes nothing: gradients are dropped, the data moves on
-                    self.optimizer.zero_grad(set_to_none=True)
-                    state["bad_steps"] += 1
-                    state["skipped_steps"] += 1
-                    self.log(f"step {step + 1}: loss {loss} / grad norm {gnorm} is not finite; step skipped "
-                             f"({state['bad_steps']} in a row)")
-                    if state["bad_steps"] >= t.max_bad_steps:
-                        state["step"] = step + 1  # the bad batches are not retried on resume
-                        self.scheduler.step()
-                        ckpt.save_checkpoint(ckpt_root, step + 1, self.model, self.optimizer, self.scheduler,
-                                             state, t.keep_last_n)
-                        raise DianjingError(
-                            f"{state['bad_steps']} steps in a row had a NaN/inf loss or gradient; stopping",
-                            fix="lower train.lr, use model.precision=fp32, or check the data; the weights "
-                                f"before these steps are saved in {ckpt_root} (resume with --resume)")
-                    step += 1
-                    state["step"] = step
-                    self.scheduler.step()
+                    step = self._skip_bad_step(step, state, loss, gnorm)
                     continue
                 state["bad_steps"] = 0
                 self.optimizer.step()
@@ -230,32 +194,81 @@ class Trainer:
                 if step % t.log_every == 0 or step == self.total_steps:
                     tps = window_tok / max(1e-9, now - window_t)
                     window_t, window_tok = now, 0
-                    rec = {"step": step, "epoch": round(step * t.grad_accum / self.batches_per_epoch, 4),
-                           "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": round(gnorm, 6), "tokens": state["tokens"],
-                           "supervised_tokens": state["supervised_tokens"], "tokens_per_s": round(tps, 2),
-                           "elapsed_s": round(state["elapsed_s"], 3)}
-                    metrics.write(json.dumps(rec) + "\n")
-                    metrics.flush()
+                    _write(metrics, {"step": step, "epoch": round(step * t.grad_accum / self.batches_per_epoch, 4),
+                                     "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0],
+                                     "grad_norm": round(gnorm, 6), "tokens": state["tokens"],
+                                     "supervised_tokens": state["supervised_tokens"], "tokens_per_s": round(tps, 2),
+                                     "elapsed_s": round(state["elapsed_s"], 3)})
                     bar.update(step, loss=loss, tokens_per_s=tps)
                 if step % self.eval_every == 0 or step == self.total_steps:
-                    ev = self.evaluate()
-                    if ev is not None:
-                        rec = {"step": step, "eval_loss": round(ev, 6), "elapsed_s": round(state["elapsed_s"], 3)}
-                        scores = self.setup.eval_scores()
-                        rec.update({f"eval_{k}": round(v, 6) for k, v in scores.items()})
-                        metrics.write(json.dumps(rec) + "\n")
-                        metrics.flush()
-                        state["eval_loss"] = ev
-                        if scores:
-                            state["eval_scores"] = scores
-                        bar.note(f"step {step}: eval loss {ev:.4f}"
-                                 + "".join(f", {k} {v:.4f}" for k, v in scores.items()))
+                    self._evaluate_into(step, state, metrics, bar)
                 if step % self.save_every == 0 or step == self.total_steps:
-                    ckpt.save_checkpoint(ckpt_root, step, self.model, self.optimizer, self.scheduler,
+                    ckpt.save_checkpoint(self.folder.checkpoints, step, self.model, self.optimizer, self.scheduler,
                                          state, t.keep_last_n)
         bar.close()
         return state
+
+    def _start(self, resume: bool) -> dict:
+        """The loop's state: fresh, or from the last complete checkpoint (metrics past it are dropped)."""
+        state = {"step": 0, "tokens": 0, "supervised_tokens": 0, "elapsed_s": 0.0, "bad_steps": 0,
+                 "skipped_steps": 0}
+        if resume:
+            last = ckpt.latest_checkpoint(self.folder.checkpoints, log=self.log)
+            if last is None:
+                self.log("no complete checkpoint to resume from; starting from step 0")
+            else:
+                state.update(ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler))
+                self.log(f"resumed from {last.name} (step {state['step']})")
+        _truncate_metrics(self.folder.metrics, state["step"])
+        return state
+
+    def _gradients(self, batches: list[dict], n_targets: int) -> tuple[float, float]:
+        """Backward over the micro-batches, each loss divided by the step's targets; (loss, grad norm)."""
+        total_loss = 0.0
+        for b in batches:
+            loss_sum, _ = self._forward(b)
+            (loss_sum / max(1, n_targets)).backward()
+            total_loss += float(loss_sum.detach())
+        if self.cfg.train.max_grad_norm:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm))
+        else:
+            gnorm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.params if p.grad is not None)))
+        return total_loss / max(1, n_targets), gnorm
+
+    def _skip_bad_step(self, step: int, state: dict, loss: float, gnorm: float) -> int:
+        """A bad step changes nothing: gradients are dropped, the data moves on; too many in a row stop
+        the run with the weights before them saved. Returns the next step."""
+        t, ckpt_root = self.cfg.train, self.folder.checkpoints
+        self.optimizer.zero_grad(set_to_none=True)
+        state["bad_steps"] += 1
+        state["skipped_steps"] += 1
+        self.log(f"step {step + 1}: loss {loss} / grad norm {gnorm} is not finite; step skipped "
+                 f"({state['bad_steps']} in a row)")
+        if state["bad_steps"] >= t.max_bad_steps:
+            state["step"] = step + 1  # the bad batches are not retried on resume
+            self.scheduler.step()
+            ckpt.save_checkpoint(ckpt_root, step + 1, self.model, self.optimizer, self.scheduler, state,
+                                 t.keep_last_n)
+            raise DianjingError(f"{state['bad_steps']} steps in a row had a NaN/inf loss or gradient; stopping",
+                                fix="lower train.lr, use model.precision=fp32, or check the data; the weights "
+                                    f"before these steps are saved in {ckpt_root} (resume with --resume)")
+        state["step"] = step + 1
+        self.scheduler.step()
+        return step + 1
+
+    def _evaluate_into(self, step: int, state: dict, metrics, bar) -> None:
+        """Held-out loss (and the task's own scores) into metrics.jsonl, the state and the progress line."""
+        ev = self.evaluate()
+        if ev is None:
+            return
+        rec = {"step": step, "eval_loss": round(ev, 6), "elapsed_s": round(state["elapsed_s"], 3)}
+        scores = self.setup.eval_scores()
+        rec.update({f"eval_{k}": round(v, 6) for k, v in scores.items()})
+        _write(metrics, rec)
+        state["eval_loss"] = ev
+        if scores:
+            state["eval_scores"] = scores
+        bar.note(f"step {step}: eval loss {ev:.4f}" + "".join(f", {k} {v:.4f}" for k, v in scores.items()))
 
     # -- the run folder -------------------------------------------------------------
     def save_outputs(self, state: dict) -> dict:
@@ -266,6 +279,12 @@ class Trainer:
         self.folder.write_info(**{k: self.setup.info[k] for k in ("base_model", "model_name", "method", "dtype")},
                                task=self.setup.info.get("task", "sft"))
         return summary
+
+
+def _write(metrics, rec: dict) -> None:
+    """One metrics.jsonl line, flushed (a kill loses at most the line being written)."""
+    metrics.write(json.dumps(rec) + "\n")
+    metrics.flush()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
