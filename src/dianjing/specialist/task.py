@@ -21,6 +21,7 @@ from dianjing.errors import DianjingError
 from dianjing.precision import Precision, for_training, from_name
 from dianjing.data import specialist_readers as sd
 from dianjing.eval import metrics as sm
+from dianjing.models import heads
 from dianjing.specialist import model as smodel
 from dianjing.specialist.encode import IGNORE, Encoder, EncodeStats, Feature
 
@@ -88,7 +89,7 @@ class Head:
     def loss(self, batch: dict) -> tuple[torch.Tensor, int]:
         """Summed loss and the number of targets it sums over (the loop divides)."""
         with self.precision.autocast():
-            logits = smodel.head_logits(self.model, batch).float()
+            logits = heads.head_logits(self.model, batch).float()
         if self.task in ("classify", "pair"):
             return F.cross_entropy(logits, batch["labels"], reduction="sum"), logits.shape[0]
         if self.task == "tag":
@@ -118,7 +119,7 @@ class Head:
             idx = order[s:s + batch_size]
             batch = self.collate([feats[i] for i in idx])
             with self.precision.autocast():
-                lg = smodel.head_logits(self.model, batch).float()
+                lg = heads.head_logits(self.model, batch).float()
             for r, i in enumerate(idx):
                 by_index[i] = lg[r, : len(feats[i].input_ids)] if lg.dim() > 2 else lg[r]
         out = [by_index[i] for i in range(len(feats))]
@@ -318,8 +319,10 @@ def build(ctx):
     model = head.model
     if cfg.model.gradient_checkpointing:
         body = model.backbone if hasattr(model, "backbone") else model
-        if hasattr(body, "gradient_checkpointing_enable"):
-            body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(body, "gradient_checkpointing_enable") or hasattr(body, "activation_checkpointing_enable"):
+            from dianjing.models.load import enable_checkpointing
+
+            enable_checkpointing(body)
     model.train()
     n_trainable, total = count_params(model)
     dtype = str(ctx.precision.dtype).split(".")[-1]
@@ -327,7 +330,7 @@ def build(ctx):
         f"{cfg.adapter.method}: {n_trainable / 1e6:.2f}M trainable ({100 * n_trainable / total:.2f}%)")
     groups = trainable(model)
     if cfg.task.head_lr:  # a new head may want a larger step than the body
-        ids = smodel.head_parameter_ids(model)
+        ids = heads.head_parameter_ids(model)
         params = groups[0]["params"]
         groups = [g for g in ({"params": [p for p in params if id(p) not in ids]},
                               {"params": [p for p in params if id(p) in ids], "lr": cfg.task.head_lr}) if g["params"]]
