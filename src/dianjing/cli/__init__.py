@@ -9,8 +9,6 @@ import sys
 from dianjing import __version__
 from dianjing.errors import DianjingError
 
-COMMANDS = ("train", "validate", "chat", "export")
-
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

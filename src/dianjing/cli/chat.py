@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 
@@ -40,75 +38,24 @@ def local_replier(args) -> Replier:
     return lambda history: stream(model, tok, prompt_ids(tok, template, history), params, template.stop_strings)
 
 
-def _http(url: str, key: str | None, body: dict | None = None):
-    """Open a request to an OpenAI-compatible server; errors become one-line DianjingErrors."""
-    import urllib.error
-    import urllib.request
-
-    from dianjing.errors import DianjingError
-
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    data = None if body is None else json.dumps(body).encode()
-    try:
-        return urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=300)
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read())["error"]["message"]
-        except Exception:
-            message = e.reason
-        fix = "pass --api-key KEY (or set DIANJING_API_KEY)" if e.code == 401 else None
-        raise DianjingError(f"{url}: HTTP {e.code}: {message}", fix=fix) from None
-    except (urllib.error.URLError, OSError) as e:
-        raise DianjingError(f"cannot reach {url}: {getattr(e, 'reason', e)}",
-                            fix="check --url, or start a server with `dianjing serve RUN`") from None
-    except ValueError as e:  # not a URL at all
-        raise DianjingError(f"--url: {e}", fix="give the API's base, e.g. http://127.0.0.1:8000/v1") from None
-
-
 def remote_replier(args) -> Replier:
-    """Stream answers from /chat/completions of an OpenAI-compatible server (stdlib HTTP, no extra package)."""
+    """Stream answers from an OpenAI-compatible server (dianjing.infer.client); --model defaults to its first."""
     from dianjing.cli import log
     from dianjing.errors import DianjingError
+    from dianjing.infer.client import ChatClient, api_key_from_env
 
-    base = args.url.rstrip("/")
-    key = args.api_key or os.environ.get("DIANJING_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    client = ChatClient(args.url, args.api_key or api_key_from_env())
     model = args.model
     if model is None:
-        with _http(f"{base}/models", key) as resp:
-            names = [m["id"] for m in json.loads(resp.read())["data"]]
+        names = client.models()
         if not names:
-            raise DianjingError(f"{base}/models lists no models", fix="pass --model NAME")
+            raise DianjingError(f"{client.base}/models lists no models", fix="pass --model NAME")
         model = names[0]
         log(f"chat: model {model} (the server has {', '.join(names)}; pick one with --model)")
-
-    def reply(history: list[dict]) -> Iterator[str]:
-        body = {"model": model, "messages": history, "stream": True, "max_tokens": args.max_new_tokens,
-                "temperature": args.temperature, "top_p": args.top_p}
-        if args.seed is not None:
-            body["seed"] = args.seed
-        with _http(f"{base}/chat/completions", key, body) as resp:
-            for raw in resp:  # server-sent events: "data: {json}" lines, then "data: [DONE]"
-                line = raw.decode("utf-8").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                try:
-                    chunk = json.loads(data)
-                except ValueError:
-                    raise DianjingError(f"{base}/chat/completions sent a line that is not JSON: {data[:200]!r}",
-                                        fix="is --url an OpenAI-compatible API?") from None
-                if chunk.get("error"):
-                    raise DianjingError(f"the server failed: {chunk['error'].get('message')}")
-                for choice in chunk.get("choices") or []:
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        yield piece
-
-    return reply
+    params = {"max_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
+    if args.seed is not None:
+        params["seed"] = args.seed
+    return lambda history: client.stream(model, history, **params)
 
 
 def run(args) -> int:

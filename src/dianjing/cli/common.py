@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import typing
 
-from dianjing.config import RunConfig, load_config
+from pydantic import BaseModel
+
+from dianjing.config import DataFile, RunConfig, TaskConfig, load_config
+
+
+def choices(model_cls: type[BaseModel], field: str) -> list[str]:
+    """The values a config field's Literal type allows, for argparse's `choices`.
+
+    A flag that sets a config key then offers exactly what the config accepts: one list, in
+    config.py, instead of a copy here that drifts when a value is added there.
+    """
+    annotation = model_cls.model_fields[field].annotation
+    values = [v for v in _literal_values(annotation) if isinstance(v, str)]
+    if not values:
+        raise TypeError(f"{model_cls.__name__}.{field} is not a Literal of strings: {annotation}")
+    return values
+
+
+def _literal_values(annotation) -> list:
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return [v for arg in typing.get_args(annotation) for v in _literal_values(arg)]  # Literal[...] | None
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
@@ -13,10 +35,10 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", "-d", nargs="+", metavar="FILE", help="data files (.json/.jsonl/.csv/.parquet)")
     p.add_argument("--eval-data", nargs="+", metavar="FILE", help="held-out data files (default: data.eval_fraction "
                                                                   "of --data is held out)")
-    p.add_argument("--task", choices=["sft", "classify", "pair", "tag", "extract-qa"],
+    p.add_argument("--task", choices=choices(TaskConfig, "type"),
                    help="sft (default): instruction data, generative; classify | pair | tag | extract-qa: "
                         "a specialist head on the model")
-    p.add_argument("--format", "-f", choices=["auto", "alpaca", "sharegpt", "messages", "prompt_completion"],
+    p.add_argument("--format", "-f", choices=choices(DataFile, "format"),
                    help="format of the --data files (default: auto-detect, and say what was detected)")
     p.add_argument("--template", "-t", help="chat template: auto, model, plain, chatml, vicuna, alpaca")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
@@ -34,15 +56,11 @@ def config_from_args(args) -> RunConfig:
     overrides += args.set
     cfg = load_config(args.config, overrides)
     if args.data:
-        from dianjing.config import DataFile
-
         fmt = args.format or "auto"
         cfg.data.files = [DataFile(path=f, format=fmt) for f in args.data]
     elif args.format:
         for f in cfg.data.files:
             f.format = args.format
     if getattr(args, "eval_data", None):
-        from dianjing.config import DataFile
-
         cfg.data.eval_files = [DataFile(path=f) for f in args.eval_data]
     return cfg

@@ -6,6 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from dianjing.cli.common import choices
+from dianjing.config import DataConfig
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict labels / tags / answer spans for a file with a specialist run",
@@ -16,23 +19,19 @@ def add_parser(sub) -> None:
     p.add_argument("file", metavar="FILE", nargs="+", help="data to predict on (same formats as training)")
     p.add_argument("--out", "-o", help="output JSONL (default: standard output)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--on-error", choices=["stop", "skip"], default="stop")
+    p.add_argument("--on-error", choices=choices(DataConfig, "on_error"), default="stop")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from dianjing.cli import log
-    from dianjing.cli.evaluate import _cfg
-    from dianjing.specialist.task import load_head, read_examples
+    from dianjing.specialist.evaluate import predict
 
-    head, info = load_head(Path(args.run), log=log, command="dianjing predict")
-    cfg = _cfg(info, args.on_error)
-    examples, _ = read_examples(cfg, args.file, require_labels=False, log=log)
-    preds = head.predict(examples, args.batch_size)
+    preds = predict(Path(args.run), args.file, on_error=args.on_error, batch_size=args.batch_size, log=log)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
-        for ex, p in zip(examples, preds):
-            out.write(json.dumps({"where": ex.where, **p}, ensure_ascii=False) + "\n")
+        for p in preds:
+            out.write(json.dumps(p, ensure_ascii=False) + "\n")
     finally:
         if args.out:
             out.close()

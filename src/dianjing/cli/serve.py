@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
+from dianjing.cli.common import choices
+from dianjing.config import ModelConfig
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -23,7 +26,7 @@ def add_parser(sub) -> None:
                         "which other users cannot see in `ps`)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences generated together at most")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--precision", choices=choices(ModelConfig, "precision"), default="auto")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for generation (default: torch's choice; 1 can be faster on a busy machine)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dianjing.cli.common import choices
+from dianjing.teacher.settings import GenerateSettings
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -20,8 +23,8 @@ def add_parser(sub) -> None:
                                                        "folder go beside it")
     p.add_argument("--num-instructions", "-n", type=int, metavar="N",
                    help="instructions to keep (alpaca mode: examples)")
-    p.add_argument("--mode", choices=["self-instruct", "alpaca"], help="staged self-instruct (default) or one-shot "
-                                                                       "Alpaca-style batches")
+    p.add_argument("--mode", choices=choices(GenerateSettings, "mode"),
+                   help="staged self-instruct (default) or one-shot Alpaca-style batches")
     p.add_argument("--stage", default="all", choices=["instructions", "classify", "instances", "outputs", "all"],
                    help="run the stages up to this one and stop, to inspect the work folder (default: all)")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",

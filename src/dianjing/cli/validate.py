@@ -1,6 +1,13 @@
-"""dianjing validate: check a config or a data file and show what training would see."""
+"""dianjing validate: check a config or a data file and show what training would see.
+
+Instruction data (task.type sft) is rendered with the chat template and counted in tokens;
+specialist data (classify, pair, tag, extract-qa) is read by the specialist readers, split and
+checked exactly as `dianjing train` would, and counted in examples and labels.
+"""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from dianjing.cli.common import add_config_options, config_from_args
 
@@ -8,7 +15,10 @@ from dianjing.cli.common import add_config_options, config_from_args
 def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="check a config or data file; show rendered examples and counts",
                        description="Render a few examples with the supervised tokens marked, and count "
-                                   "tokens, supervised tokens, truncated and dropped examples.")
+                                   "tokens, supervised tokens, truncated and dropped examples. With --task "
+                                   "classify | pair | tag | extract-qa: read the data as that task's training "
+                                   "would, show a few examples, and count examples, held-out examples, labels "
+                                   "and every rejected or repaired record.")
     add_config_options(p)
     p.add_argument("--show", type=int, default=3, help="how many examples to print (default 3)")
     p.add_argument("--no-color", action="store_true", help="mark supervised tokens with [[…]] instead of colour")
@@ -18,19 +28,26 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from rich.console import Console
 
+    cfg = config_from_args(args)
+    console = Console(highlight=False, no_color=args.no_color)
+    if cfg.task.type != "sft":  # --task, or task.type in the config
+        return run_specialist(cfg, console, args.show)
+    return run_sft(cfg, console, args)
+
+
+def run_sft(cfg, console, args) -> int:
+    """Instruction data: render a few examples with the template and count tokens and drops."""
     from dianjing.cli import log
     from dianjing.data.load import load_conversations
     from dianjing.data.render import RenderStats, render_all, show
     from dianjing.data.templates import choose_template
     from dianjing.models.load import load_tokenizer, resolve_model
 
-    cfg = config_from_args(args)
-    console = Console(highlight=False, no_color=args.no_color)
+    convs, report = load_conversations(cfg.data, log=log)  # before the model, which may take minutes to fetch
     path = resolve_model(cfg.model.name, log=log)
     tok = load_tokenizer(path, cfg.model.trust_remote_code, log=log)
     template, why = choose_template(cfg.data.template, tok)
     log(why)
-    convs, report = load_conversations(cfg.data, log=log)
     stats = RenderStats()
     rendered = render_all(convs, tok, template, cfg.data.max_length, cfg.data.loss_on, stats)
     for r in rendered[: args.show]:
@@ -55,3 +72,56 @@ def run(args) -> int:
     for e in report.first_errors:
         console.print(f"  e.g. {e}", markup=False)
     return 0
+
+
+def run_specialist(cfg, console, n_show: int) -> int:
+    """Specialist data: read, split and check it as training does (no model needed), show and count it."""
+    from dianjing.specialist.task import SpecialistData
+
+    def say(text: str) -> None:  # file paths stay whole, for copying
+        console.print(text, markup=False, soft_wrap=True)
+
+    said: list[str] = []  # the readers' report lines, printed in the summary
+    data = SpecialistData(cfg, log=said.append)  # bad records stop or are counted per data.on_error
+    for ex in data.train_examples[:n_show]:
+        console.rule(ex.where)
+        say(describe(ex))
+    console.rule("summary")
+    for line in said:
+        say(line)
+    held = (f"{len(data.eval_examples)} held out from data.eval_files" if cfg.data.eval_files
+            else f"{len(data.eval_examples)} held out (data.eval_fraction {cfg.data.eval_fraction})")
+    n = len(data.train_examples)
+    say(f"task {cfg.task.type}: {n} training example{'s' if n != 1 else ''}"
+        + (f" (data.max_examples {cfg.data.max_examples})" if cfg.data.max_examples else "") + f", {held}")
+    counts = label_counts(data.train_examples)
+    if counts:
+        what = "entity types" if cfg.task.type == "tag" else "labels"
+        order = sorted(counts) if cfg.task.type == "tag" else data.labels  # classify/pair: the label ids' order
+        say(f"{what} {len(counts)}: " + ", ".join(f"{k} {counts[k]}" for k in order))
+    return 0
+
+
+def describe(ex) -> str:
+    """One example as text: classify/pair text(s) and label, tag token/TAG pairs, extract-qa question and answers."""
+    if hasattr(ex, "tokens"):
+        tags = ex.tags or ["O"] * len(ex.tokens)
+        return " ".join(t if tag == "O" else f"{t}/{tag}" for t, tag in zip(ex.tokens, tags))
+    if hasattr(ex, "question"):
+        context = ex.context if len(ex.context) <= 300 else ex.context[:300] + "…"
+        return f"question: {ex.question}\ncontext: {context}\nanswers: {[a for a, _ in ex.answers]}"
+    return f"text: {ex.text}" + (f"\ntext_b: {ex.text_b}" if ex.text_b is not None else "") + f"\nlabel: {ex.label}"
+
+
+def label_counts(examples) -> Counter:
+    """Examples per label (classify/pair) or entities per type (tag); empty for extract-qa."""
+    from dianjing.data.specialist_readers.tagging import tag_type
+
+    counts: Counter = Counter()
+    for ex in examples:
+        if getattr(ex, "label", None) is not None:
+            counts[ex.label] += 1
+        for t in getattr(ex, "tags", None) or []:
+            if t.startswith("B-"):
+                counts[tag_type(t)] += 1
+    return counts
