@@ -22,16 +22,19 @@ class _Strict(BaseModel):
 
 
 class DataFile(_Strict):
-    path: str
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = "auto"
+    path: str = Field(description="a JSON, JSONL, CSV or Parquet file")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
+        "auto", description="auto: detected from the first record's keys (docs/data-formats.md)")
 
 
 class ModelConfig(_Strict):
     name: str = Field(DEFAULT_MODEL, description="HF folder, hub id, .gguf file, or 'gemma-3-270m'")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="let transformers run the model folder's own Python code "
+                                                       "(only for models you trust)")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 frozen weights where the CPU/GPU supports bf16, else fp32")
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="attention kernel: PyTorch's scaled_dot_product_attention, or the model's eager code")
     random_init: bool = Field(
         False, description="specialists: same architecture with fresh random weights — the from-scratch "
                            "baseline that shows what pre-training buys")
@@ -40,16 +43,20 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    files: list[DataFile] = Field(default_factory=lambda: [DataFile(path=DEFAULT_DATA)])
+    files: list[DataFile] = Field(default_factory=lambda: [DataFile(path=DEFAULT_DATA)],
+                                  description="training data: paths, or {path, format}; default: the bundled "
+                                              "313 instruction pairs")
     eval_files: list[DataFile] = Field(
         default_factory=list, description="held-out data; when empty, eval_fraction of files is held out")
     template: str = Field("auto", description="auto | model | plain | chatml | vicuna | alpaca")
-    system_prompt: str | None = None
-    max_length: int = Field(512, ge=8)
-    loss_on: Literal["assistant", "last", "all"] = "assistant"
-    on_error: Literal["stop", "skip"] = "stop"
-    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    max_examples: int | None = Field(None, ge=1)
+    system_prompt: str | None = Field(None, description="a system message added to conversations that have none")
+    max_length: int = Field(512, ge=8, description="tokens per example; longer ones are truncated (counted)")
+    loss_on: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="which tokens are supervised: every answer, the last answer, or everything")
+    on_error: Literal["stop", "skip"] = Field(
+        "stop", description="a bad record stops with its file:line, or is skipped and counted by reason")
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of files held out when no eval_files")
+    max_examples: int | None = Field(None, ge=1, description="read at most this many records (a quick trial)")
 
     @field_validator("files", mode="before")
     @classmethod
@@ -71,12 +78,13 @@ class DataConfig(_Strict):
 
 
 class AdapterConfig(_Strict):
-    method: Literal["lora", "dora", "ia3", "prompt_tuning", "full"] = "lora"
-    r: int = Field(16, ge=1)
-    alpha: float = 32.0
+    method: Literal["lora", "dora", "ia3", "prompt_tuning", "full"] = Field(
+        "lora", description="the PEFT method, or full fine-tuning (fp32 master weights)")
+    r: int = Field(16, ge=1, description="LoRA/DoRA rank")
+    alpha: float = Field(32.0, description="LoRA/DoRA scale: the update is multiplied by alpha / r")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="0 by default: dropout masks cost ~7% of a step here")
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
-    num_virtual_tokens: int = Field(20, ge=1)
+    num_virtual_tokens: int = Field(20, ge=1, description="prompt tuning: learned tokens put before the input")
     compute: Literal["fp32", "bf16"] = Field(
         "bf16", description="with bf16 frozen weights: bf16 runs the adapter's products in bf16 under autocast "
         "(its weights and optimizer state stay fp32); fp32 casts each adapted layer's input to fp32 (PEFT's "
@@ -85,27 +93,29 @@ class AdapterConfig(_Strict):
 
 class TrainConfig(_Strict):
     output_dir: str | None = Field(None, description="default: runs/<date>-<time>")
-    epochs: float = Field(2.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    seed: int = 42
-    batching: Literal["length_grouped", "random", "sequential"] = "length_grouped"
+    epochs: float = Field(2.0, gt=0, description="passes over the training data (fractions allowed)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="share of the steps with a linear warmup")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm to this; null: no clipping")
+    seed: int = Field(42, description="seeds the data order, the eval split and the adapter's initialisation")
+    batching: Literal["length_grouped", "random", "sequential"] = Field(
+        "length_grouped", description="length_grouped: batches of similar length (little padding), shuffled; "
+                                      "random: shuffled; sequential: file order")
     logits: Literal["sparse", "dense"] = Field(
         "sparse", description="sparse: output layer only at supervised positions")
-    log_every: int = Field(1, ge=1)
+    log_every: int = Field(1, ge=1, description="steps between lines in metrics.jsonl")
     eval_every: int | None = Field(None, ge=1, description="default: once per epoch and at the end")
     save_every: int | None = Field(None, ge=1, description="default: once per epoch and at the end")
-    keep_last_n: int = Field(2, ge=1)
-    threads: int | None = Field(None, ge=1)
+    keep_last_n: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
+    threads: int | None = Field(None, ge=1, description="torch threads; default: torch's choice")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the transformer blocks (fuses their elementwise work: ~25% faster "
-        "and ~30% less memory on SmolLM2 for a one-time compile of about a minute); auto: on for models of "
+        "and ~30% less memory on SmolLM2; a cold compile cache adds about 40 s to the first step); auto: on for models of "
         "50M+ parameters when a C++ compiler is found")
     malloc_mmap_threshold_mb: float | None = Field(
         16, gt=0, le=32, description="Linux/glibc: allocations at least this large are mapped and unmapped "
@@ -136,7 +146,7 @@ class TaskConfig(_Strict):
         "auto", description="own head, classify/pair: auto = first token for encoders with [CLS], last for decoders")
     doc_stride: int = Field(128, ge=1, description="extract-qa: tokens shared by consecutive context windows")
     max_answer_length: int = Field(30, ge=1, description="extract-qa: longest answer, in tokens")
-    classifier_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    classifier_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the task head")
     head_lr: float | None = Field(None, gt=0, description="learning rate of the new head (default: train.lr)")
 
 

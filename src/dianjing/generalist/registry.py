@@ -80,8 +80,7 @@ class Task(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Task":
-        names = [t.name for t in self.templates]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = _repeated(t.name for t in self.templates)
         if dup:
             raise ValueError(f"task '{self.name}': template names must be unique, repeated: {dup}")
         if any(t.chain_of_thought for t in self.templates) and not self.rationale_field:
@@ -89,6 +88,12 @@ class Task(_Strict):
         if isinstance(self.options, list) and len(self.options) < 2:
             raise ValueError(f"task '{self.name}': options must list at least two answers")
         return self
+
+
+def _repeated(names) -> list[str]:
+    """The names that occur more than once, sorted."""
+    names = list(names)
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 class _FromFile(_Strict):
@@ -114,8 +119,7 @@ class Registry(_FromFile):
 
     @model_validator(mode="after")
     def _unique(self) -> "Registry":
-        names = [t.name for t in self.tasks]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = _repeated(t.name for t in self.tasks)
         if dup:
             raise ValueError(f"task names must be unique, repeated: {dup}")
         return self

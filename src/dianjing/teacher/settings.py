@@ -98,7 +98,7 @@ class SynthConfig(_Strict):
 
 TERMS_FIX = ("name the terms the teacher's outputs come under, e.g. --set teacher.terms_of_use='OpenAI Terms of Use "
              "(2024-01-31)', 'Apache-2.0 (Qwen2.5-7B-Instruct)' or 'own model, no restrictions'; it is written into "
-             "every record's provenance (see README, Teacher (synth))")
+             "every record's provenance (see docs/teacher.md)")
 
 
 def load_synth_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SynthConfig:
