@@ -1,9 +1,9 @@
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.tiny import build_model
+from tests.helpers import write_alpaca
+from tests.tiny import build_model, build_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -22,13 +22,30 @@ def tiny_nopad(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("models") / "nopad", pad=False)
 
 
+@pytest.fixture(scope="session")
+def make_tokenizer(tmp_path_factory):
+    """make_tokenizer(**kw): tests/tiny.py's build_tokenizer(folder, **kw), built once per set of arguments
+    in a session (a tokenizer takes ~1 s to train). Tests must not change the tokenizer they get."""
+    made = {}
+
+    def make(**kw):
+        key = tuple(sorted(kw.items()))
+        if key not in made:
+            made[key] = build_tokenizer(tmp_path_factory.mktemp("tok"), **kw)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(make_tokenizer):
+    """The tiny byte-level BPE tokenizer: pad, bos and eos tokens, no chat template."""
+    return make_tokenizer()
+
+
 @pytest.fixture
 def alpaca_file(tmp_path) -> Path:
-    rows = [{"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."}
-            for i in range(24)]
-    p = tmp_path / "tiny.jsonl"
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return p
+    return write_alpaca(tmp_path / "tiny.jsonl")
 
 
 @pytest.fixture(autouse=True)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from dianjing.cli import main
-from dianjing.config import load_config
 from dianjing.train.loop import train
+from tests.helpers import SHARED_DATA, sft_config
 
-REAL_T0 = Path(__file__).resolve().parents[3] / "shared" / "data" / "multitask" / "t0"
+REAL_T0 = SHARED_DATA / "multitask" / "t0"
 
 
 def test_mix_train_and_score_held_out(tiny_llama, tmp_path, monkeypatch, capsys):
@@ -23,9 +22,9 @@ def test_mix_train_and_score_held_out(tiny_llama, tmp_path, monkeypatch, capsys)
     rows = [json.loads(l) for l in data.read_text().splitlines()]
     assert len(rows) == report["total"] == 56 and not {r["cluster"] for r in rows} & {"sentiment"}
 
-    cfg = load_config(None, [f"model.name={tiny_llama}", f"data.files={data}", f"train.output_dir={tmp_path / 'run'}",
-                             "train.max_steps=3", "train.batch_size=8", "train.threads=1", "data.eval_fraction=0",
-                             "model.gradient_checkpointing=false", "data.max_length=256", "train.warmup_ratio=0"])
+    cfg = sft_config(tiny_llama, data, tmp_path / "run", "train.max_steps=3", "train.batch_size=8", "train.threads=1",
+                     "data.eval_fraction=0", "model.gradient_checkpointing=false", "data.max_length=256",
+                     "train.warmup_ratio=0", base=())
     run_dir, summary = train(cfg, log=lambda *_: None)
     assert summary["steps"] == 3 and summary["data"]["examples"] == 56  # the file reads as training data
 

@@ -13,25 +13,15 @@ import time
 import pytest
 import torch
 
-from dianjing.config import load_config
 from dianjing.errors import DianjingError, ModelError
 from dianjing.train import checkpoint, loop
 from dianjing.train.loss import SFTLoss
 from dianjing.train.loop import train
+from tests.helpers import logged_losses, sft_config
 
 COMMON = ["train.batch_size=2", "train.lr=5e-3", "train.warmup_ratio=0", "train.threads=1",
           "data.eval_fraction=0", "adapter.dropout=0.1", "train.max_steps=30", "train.save_every=3",
           "train.keep_last_n=2", "model.precision=fp32"]
-
-
-def _cfg(model, data, out, *extra):
-    return load_config(None, [f"model.name={model}", f"data.files={data}", f"train.output_dir={out}",
-                              *COMMON, *extra])
-
-
-def _losses(run_dir):
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
 def _start(model, data, out, *args, env=None):
@@ -52,8 +42,8 @@ def _lines(path):
 
 
 def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tiny_llama, alpaca_file, tmp_path):
-    ref, _ = train(_cfg(tiny_llama, alpaca_file, tmp_path / "ref"), log=lambda *_: None)
-    want = _losses(ref)
+    ref, _ = train(sft_config(tiny_llama, alpaca_file, tmp_path / "ref", base=COMMON), log=lambda *_: None)
+    want = logged_losses(ref, steps=True)
     out = tmp_path / "killed"
     rng = random.Random(1234)
     # 1) killed in the middle of writing the step-6 checkpoint (weights written, no marker yet)
@@ -76,7 +66,7 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tiny_llama, 
         kills += 1
         assert kills < 20
     assert kills >= 3
-    got = _losses(out)
+    got = logged_losses(out, steps=True)
     assert [s for s, _ in got] == list(range(1, 31))
     assert got == want  # identical per-step losses, bit for bit
     assert (out / "adapter" / "adapter_model.safetensors").exists()
@@ -105,9 +95,10 @@ def test_nan_steps_are_skipped_and_counted(tiny_llama, alpaca_file, tmp_path, mo
         return (loss * float("nan"), n) if calls["n"] in (3, 7) else (loss, n)
 
     monkeypatch.setattr(SFTLoss, "__call__", sometimes_nan)
-    run_dir, summary = train(_cfg(tiny_llama, alpaca_file, tmp_path / "r", "train.max_steps=10"), log=lambda *_: None)
+    cfg = sft_config(tiny_llama, alpaca_file, tmp_path / "r", "train.max_steps=10", base=COMMON)
+    run_dir, summary = train(cfg, log=lambda *_: None)
     assert summary["skipped_steps"] == 2 and summary["steps"] == 10
-    assert all(torch.isfinite(torch.tensor(l)) for _, l in _losses(run_dir))
+    assert all(torch.isfinite(torch.tensor(l)) for _, l in logged_losses(run_dir, steps=True))
 
 
 def test_too_many_bad_steps_stop_with_a_usable_checkpoint(tiny_llama, alpaca_file, tmp_path, monkeypatch):
@@ -121,7 +112,8 @@ def test_too_many_bad_steps_stop_with_a_usable_checkpoint(tiny_llama, alpaca_fil
 
     monkeypatch.setattr(SFTLoss, "__call__", nan_after_4)
     with pytest.raises(DianjingError, match="3 steps in a row") as e:
-        train(_cfg(tiny_llama, alpaca_file, tmp_path / "r", "train.max_bad_steps=3"), log=lambda *_: None)
+        train(sft_config(tiny_llama, alpaca_file, tmp_path / "r", "train.max_bad_steps=3", base=COMMON),
+              log=lambda *_: None)
     assert "--resume" in str(e.value)
     last = checkpoint.latest_checkpoint(tmp_path / "r" / "checkpoints", log=lambda *_: None)
     assert last is not None and last.name == "step-00000007"
@@ -140,7 +132,7 @@ def test_disk_full_during_checkpoint(tiny_llama, alpaca_file, tmp_path, monkeypa
 
     monkeypatch.setattr(checkpoint, "save_file", full)
     with pytest.raises(DianjingError) as e:
-        train(_cfg(tiny_llama, alpaca_file, tmp_path / "r"), log=lambda *_: None)
+        train(sft_config(tiny_llama, alpaca_file, tmp_path / "r", base=COMMON), log=lambda *_: None)
     assert "step-00000006" in str(e.value) and "No space left" in str(e.value)
     names = [p.name for p in (tmp_path / "r" / "checkpoints").iterdir()]
     assert names == ["step-00000003"]  # nothing half-written left behind
@@ -150,7 +142,7 @@ def test_unwritable_output_folder_is_named(tiny_llama, alpaca_file, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(DianjingError, match=str(blocker / "run")):
-        train(_cfg(tiny_llama, alpaca_file, blocker / "run"), log=lambda *_: None)
+        train(sft_config(tiny_llama, alpaca_file, blocker / "run", base=COMMON), log=lambda *_: None)
 
 
 def test_pickle_weights_are_refused(tmp_path):
@@ -166,7 +158,7 @@ def test_checkpoint_optimizer_state_loads_weights_only(tiny_llama, alpaca_file, 
     """Even a checkpoint whose checksums were forged cannot run code: torch.load(weights_only=True)."""
     import hashlib
 
-    cfg = _cfg(tiny_llama, alpaca_file, tmp_path / "r", "train.max_steps=3")
+    cfg = sft_config(tiny_llama, alpaca_file, tmp_path / "r", "train.max_steps=3", base=COMMON)
     train(cfg, log=lambda *_: None)
     ck = checkpoint.list_checkpoints(tmp_path / "r" / "checkpoints")[-1]
     flag = tmp_path / "pwned"

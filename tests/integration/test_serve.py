@@ -3,7 +3,6 @@ chat and completions (plain and streamed), several adapters on one base picked b
 same greedy answers as `load_run` + `complete`, errors as OpenAI error objects, the API key,
 batching of concurrent requests, a client leaving mid-stream, SIGTERM, and `chat --url`."""
 
-import json
 import os
 import signal
 import socket
@@ -17,20 +16,14 @@ import httpx
 import openai
 import pytest
 
-from dianjing.config import load_config
 from dianjing.infer.generate import SamplingParams, complete, prompt_ids
 from dianjing.infer.load import load_run
 from dianjing.train.loop import train
+from tests.helpers import sft_config, write_alpaca
 from tests.serving import running
 
 KEY = "test-key"
 ASK = [{"role": "user", "content": "Say the number 3."}]
-
-
-def _data(path, answer):
-    rows = [{"instruction": f"Say the number {i}.", "input": "", "output": answer.format(i)} for i in range(24)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +32,8 @@ def runs(tiny_llama, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     out = {}
     for name, answer in (("alpha", "The number is {}."), ("beta", "Bonjour {} fois!")):
-        cfg = load_config(None, [f"model.name={tiny_llama}", f"data.files={_data(tmp / f'{name}.jsonl', answer)}",
-                                 f"train.output_dir={tmp / name}", "train.batch_size=4", "train.lr=5e-3",
-                                 "train.warmup_ratio=0", "train.threads=1", "data.eval_fraction=0",
-                                 "train.max_steps=12"])
+        cfg = sft_config(tiny_llama, write_alpaca(tmp / f"{name}.jsonl", answer), tmp / name, "data.eval_fraction=0",
+                         "train.max_steps=12")
         out[name], _ = train(cfg, log=lambda *_: None)
     return out
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from dianjing.cli import main
-from dianjing.config import load_config
 from dianjing.precision import for_inference
 from dianjing.train.loop import train
+from tests.helpers import logged_losses, specialist_config
 from tests.tiny import build_bert, build_model
 
 GOOD = ["good", "great", "good film", "great movie", "good plot", "great film good"]
@@ -44,29 +44,14 @@ def _sentiment(path, n=48, seed=0):
     return path
 
 
-def _cfg(model, data, out, task, *extra, eval_data=None):
-    sets = [f"model.name={model}", f"task.type={task}", f"train.output_dir={out}", "train.threads=1",
-            "model.gradient_checkpointing=false", "data.max_length=64", "train.batch_size=8",
-            "train.log_every=1", *extra]
-    cfg = load_config(None, sets)
-    cfg.data.files = [cfg.data.files[0].model_copy(update={"path": str(data)})]
-    if eval_data:
-        cfg.data.eval_files = [cfg.data.files[0].model_copy(update={"path": str(eval_data)})]
-    return cfg
-
-
-def _losses(run_dir):
-    return [json.loads(l)["loss"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
-
-
 def test_classify_full_learns_and_eval_predict(tiny_bert, tmp_path, capsys):
     train_f = _sentiment(tmp_path / "train.csv", 64)
     eval_f = _sentiment(tmp_path / "test.csv", 24, seed=1)
     out = tmp_path / "run"
-    cfg = _cfg(tiny_bert, train_f, out, "classify", "adapter.method=full", "train.lr=3e-3", "train.epochs=6",
-               eval_data=eval_f)
+    cfg = specialist_config(tiny_bert, train_f, out, "classify", "adapter.method=full", "train.lr=3e-3",
+                            "train.epochs=6", eval_data=eval_f)
     run_dir, summary = train(cfg, log=lambda *_: None)
-    losses = _losses(run_dir)
+    losses = logged_losses(run_dir)
     assert losses[-1] < 0.5 * losses[0]
     assert summary["final_eval"]["accuracy"] == 1.0
     assert summary["labels"] == ["neg", "pos"]
@@ -90,8 +75,8 @@ def test_lora_trains_only_adapter_and_head(tiny_bert, tmp_path):
     from transformers import AutoModel
 
     train_f = _sentiment(tmp_path / "train.csv", 32)
-    cfg = _cfg(tiny_bert, train_f, tmp_path / "run", "classify", "adapter.method=lora", "adapter.r=4",
-               "train.max_steps=4", "train.lr=1e-2", "data.eval_fraction=0.25")
+    cfg = specialist_config(tiny_bert, train_f, tmp_path / "run", "classify", "adapter.method=lora", "adapter.r=4",
+                            "train.max_steps=4", "train.lr=1e-2", "data.eval_fraction=0.25")
     run_dir, _ = train(cfg, log=lambda *_: None)
     saved = load_file(str(run_dir / "specialist" / "weights.safetensors"))
     assert saved and all("lora_" in k or k.startswith("classifier.") for k in saved), sorted(saved)
@@ -119,8 +104,8 @@ def test_pair_reads_the_second_text(tiny_bert, tmp_path):
                                 "label": "fr" if b == "paris" else "uk"}))
     f = tmp_path / "pairs.jsonl"
     f.write_text("\n".join(rows) + "\n")
-    cfg = _cfg(tiny_bert, f, tmp_path / "run", "pair", "adapter.method=full", "train.lr=3e-3", "train.epochs=8",
-               "data.eval_fraction=0.25")
+    cfg = specialist_config(tiny_bert, f, tmp_path / "run", "pair", "adapter.method=full", "train.lr=3e-3",
+                            "train.epochs=8", "data.eval_fraction=0.25")
     run_dir, summary = train(cfg, log=lambda *_: None)
     assert summary["final_eval"]["accuracy"] == 1.0
     from dianjing.data.specialist_readers import TextExample
@@ -153,13 +138,13 @@ def _tag_file(path, n=40):
 def test_tag_learns_entities(which, head, tiny_bert, tiny_gemma_m, tmp_path):
     model = tiny_bert if which == "bert" else tiny_gemma_m
     f = _tag_file(tmp_path / "train.conll")
-    cfg = _cfg(model, f, tmp_path / "run", "tag", "adapter.method=full", "train.lr=3e-3", "train.epochs=20",
-               "data.eval_fraction=0.2")
+    cfg = specialist_config(model, f, tmp_path / "run", "tag", "adapter.method=full", "train.lr=3e-3",
+                            "train.epochs=20", "data.eval_fraction=0.2")
     run_dir, summary = train(cfg, log=lambda *_: None)
     info = json.loads((run_dir / "specialist" / "specialist.json").read_text())
     assert info["head"] == head
     assert info["labels"][0] == "O" and set(info["labels"]) == {"O", "B-loc", "I-loc", "B-work", "I-work"}
-    losses = _losses(run_dir)
+    losses = logged_losses(run_dir)
     assert losses[-1] < 0.3 * losses[0]
     assert summary["final_eval"]["f1"] > 0.9
     assert main(["eval", str(run_dir), "--data", str(f)]) == 0
@@ -169,12 +154,12 @@ def test_tag_learns_entities(which, head, tiny_bert, tiny_gemma_m, tmp_path):
 
 def test_decoder_classify_with_own_head(tiny_llama_m, tmp_path):
     f = _sentiment(tmp_path / "train.csv", 48)
-    cfg = _cfg(tiny_llama_m, f, tmp_path / "run", "classify", "adapter.method=lora", "task.head=own",
-               "train.lr=1e-2", "train.epochs=6", "data.eval_fraction=0.25")
+    cfg = specialist_config(tiny_llama_m, f, tmp_path / "run", "classify", "adapter.method=lora", "task.head=own",
+                            "train.lr=1e-2", "train.epochs=6", "data.eval_fraction=0.25")
     run_dir, summary = train(cfg, log=lambda *_: None)
     info = json.loads((run_dir / "specialist" / "specialist.json").read_text())
     assert info["head"] == "own" and info["task"]["pooling"] == "auto" and not info["encoder_style"]
-    losses = _losses(run_dir)
+    losses = logged_losses(run_dir)
     assert losses[-1] < losses[0]
 
 
@@ -222,10 +207,10 @@ def test_extract_qa_windows_map_back_exactly(tiny_bert, tiny_gemma_m, tmp_path):
 def test_extract_qa_trains_end_to_end(tiny_bert, tmp_path):
     f = tmp_path / "squad.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in _qa_records(40)) + "\n")
-    cfg = _cfg(tiny_bert, f, tmp_path / "run", "extract-qa", "adapter.method=full", "train.lr=3e-3",
-               "train.epochs=6", "data.eval_fraction=0.25", "data.max_length=48", "task.doc_stride=16")
+    cfg = specialist_config(tiny_bert, f, tmp_path / "run", "extract-qa", "adapter.method=full", "train.lr=3e-3",
+                            "train.epochs=6", "data.eval_fraction=0.25", "data.max_length=48", "task.doc_stride=16")
     run_dir, summary = train(cfg, log=lambda *_: None)
-    losses = _losses(run_dir)
+    losses = logged_losses(run_dir)
     assert losses[-1] < losses[0]
     assert {"exact_match", "f1"} <= set(summary["final_eval"])
     assert main(["eval", str(run_dir), "--data", str(f)]) == 0
@@ -235,8 +220,8 @@ def test_extract_qa_trains_end_to_end(tiny_bert, tmp_path):
 
 def test_random_init_baseline_is_not_the_pretrained_model(tiny_bert, tmp_path):
     f = _sentiment(tmp_path / "train.csv", 16)
-    cfg = _cfg(tiny_bert, f, tmp_path / "run", "classify", "adapter.method=lora", "model.random_init=true",
-               "train.max_steps=1", "data.eval_fraction=0.25")
+    cfg = specialist_config(tiny_bert, f, tmp_path / "run", "classify", "adapter.method=lora",
+                            "model.random_init=true", "train.max_steps=1", "data.eval_fraction=0.25")
     run_dir, _ = train(cfg, log=lambda *_: None)
     saved = load_file(str(run_dir / "specialist" / "weights.safetensors"))
     from transformers import AutoModel
@@ -254,13 +239,13 @@ def test_unseen_eval_label_is_reported(tiny_bert, tmp_path):
     train_f = _sentiment(tmp_path / "train.csv", 16)
     bad = tmp_path / "test.csv"
     bad.write_text("text,label\ngood film,pos\nmeh film,neutral\n")
-    cfg = _cfg(tiny_bert, train_f, tmp_path / "run", "classify", "train.max_steps=1", eval_data=bad)
+    cfg = specialist_config(tiny_bert, train_f, tmp_path / "run", "classify", "train.max_steps=1", eval_data=bad)
     from dianjing.errors import DataError
 
     with pytest.raises(DataError, match=r"test.csv:3.*neutral"):
         train(cfg, log=lambda *_: None)
-    cfg2 = _cfg(tiny_bert, train_f, tmp_path / "run2", "classify", "train.max_steps=1", "data.on_error=skip",
-                eval_data=bad)
+    cfg2 = specialist_config(tiny_bert, train_f, tmp_path / "run2", "classify", "train.max_steps=1",
+                             "data.on_error=skip", eval_data=bad)
     _, summary = train(cfg2, log=lambda *_: None)
     assert summary["eval_data"]["rejected"]
 

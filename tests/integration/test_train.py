@@ -9,27 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dianjing.config import load_config
 from dianjing.train import loop
 from dianjing.train.loop import resume, train
-
-
-def _cfg(model, data, out, *extra):
-    return load_config(None, [f"model.name={model}", f"data.files={data}", f"train.output_dir={out}",
-                              "train.batch_size=4", "train.lr=5e-3", "train.warmup_ratio=0",
-                              "train.threads=1", "data.eval_fraction=0.1", *extra])
-
-
-def _losses(run_dir):
-    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+from tests.helpers import logged_losses, run_cli, sft_config
 
 
 def test_lora_lowers_loss_and_changes_only_adapter(tiny_llama, alpaca_file, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    run_dir, summary = train(_cfg(tiny_llama, alpaca_file, tmp_path / "run", "train.epochs=6"), log=lambda *_: None)
-    losses = _losses(run_dir)
+    cfg = sft_config(tiny_llama, alpaca_file, tmp_path / "run", "train.epochs=6")
+    run_dir, summary = train(cfg, log=lambda *_: None)
+    losses = logged_losses(run_dir)
     assert len(losses) == summary["steps"] == 36
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     # run folder contents
@@ -48,7 +36,7 @@ def test_lora_lowers_loss_and_changes_only_adapter(tiny_llama, alpaca_file, tmp_
 
 
 def test_only_adapter_parameters_change_during_training(tiny_llama, alpaca_file, tmp_path):
-    cfg = _cfg(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=3")
+    cfg = sft_config(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=3")
     trainer = loop.Trainer(cfg, tmp_path / "run", log=lambda *_: None)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.run()
@@ -58,21 +46,20 @@ def test_only_adapter_parameters_change_during_training(tiny_llama, alpaca_file,
 
 
 def test_full_finetuning_changes_base_weights(tiny_gemma, alpaca_file, tmp_path):
-    cfg = _cfg(tiny_gemma, alpaca_file, tmp_path / "run", "train.max_steps=2", "adapter.method=full")
+    cfg = sft_config(tiny_gemma, alpaca_file, tmp_path / "run", "train.max_steps=2", "adapter.method=full")
     trainer = loop.Trainer(cfg, tmp_path / "run", log=lambda *_: None)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.run()
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
     assert "model.embed_tokens.weight" in changed and len(changed) == len(before)
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-              if "\"loss\"" in l]
+    losses = logged_losses(tmp_path / "run")
     assert losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize("method", ["dora", "ia3", "prompt_tuning"])
 def test_other_peft_methods_train(tiny_llama, alpaca_file, tmp_path, method):
-    run_dir, summary = train(_cfg(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=2",
-                                  f"adapter.method={method}"), log=lambda *_: None)
+    run_dir, summary = train(sft_config(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=2",
+                                        f"adapter.method={method}"), log=lambda *_: None)
     assert summary["steps"] == 2 and (run_dir / "adapter" / "adapter_config.json").exists()
     assert summary["logits"] == ("dense" if method == "prompt_tuning" else "sparse")
 
@@ -80,7 +67,7 @@ def test_other_peft_methods_train(tiny_llama, alpaca_file, tmp_path, method):
 def test_save_load_gives_identical_logits(tiny_llama, alpaca_file, tmp_path):
     from dianjing.infer.load import load_run
 
-    cfg = _cfg(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=3", "model.precision=fp32")
+    cfg = sft_config(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=3", "model.precision=fp32")
     trainer = loop.Trainer(cfg, tmp_path / "run", log=lambda *_: None)
     trainer.save_outputs(trainer.run())
     trainer.model.eval()
@@ -95,7 +82,7 @@ def test_save_load_gives_identical_logits(tiny_llama, alpaca_file, tmp_path):
 def test_resume_equals_uninterrupted(tiny_llama, alpaca_file, tmp_path, monkeypatch):
     extra = ("train.max_steps=8", "train.save_every=3", "adapter.dropout=0.1", "train.grad_accum=2",
              "train.batch_size=2")
-    run_a, _ = train(_cfg(tiny_llama, alpaca_file, tmp_path / "a", *extra), log=lambda *_: None)
+    run_a, _ = train(sft_config(tiny_llama, alpaca_file, tmp_path / "a", *extra), log=lambda *_: None)
 
     real = loop.Trainer.micro_batch
 
@@ -106,13 +93,13 @@ def test_resume_equals_uninterrupted(tiny_llama, alpaca_file, tmp_path, monkeypa
 
     monkeypatch.setattr(loop.Trainer, "micro_batch", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tiny_llama, alpaca_file, tmp_path / "b", *extra), log=lambda *_: None)
+        train(sft_config(tiny_llama, alpaca_file, tmp_path / "b", *extra), log=lambda *_: None)
     monkeypatch.setattr(loop.Trainer, "micro_batch", real)
-    assert len(_losses(tmp_path / "b")) == 5  # steps 4 and 5 ran but were not checkpointed
+    assert len(logged_losses(tmp_path / "b")) == 5  # steps 4 and 5 ran but were not checkpointed
     said = []
     run_b, _ = resume(tmp_path / "b", log=said.append)
     assert any("resumed from step-00000003" in s for s in said)
-    assert _losses(run_b) == _losses(run_a)
+    assert logged_losses(run_b) == logged_losses(run_a)
     a = load_file(str(run_a / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(run_b / "adapter" / "adapter_model.safetensors"))
     for k in a:
@@ -122,8 +109,8 @@ def test_resume_equals_uninterrupted(tiny_llama, alpaca_file, tmp_path, monkeypa
 def test_corrupt_checkpoint_is_skipped(tiny_llama, alpaca_file, tmp_path):
     from dianjing.train.checkpoint import latest_checkpoint, list_checkpoints
 
-    train(_cfg(tiny_llama, alpaca_file, tmp_path / "r", "train.max_steps=4", "train.save_every=2",
-               "train.keep_last_n=3"), log=lambda *_: None)
+    train(sft_config(tiny_llama, alpaca_file, tmp_path / "r", "train.max_steps=4", "train.save_every=2",
+                     "train.keep_last_n=3"), log=lambda *_: None)
     ckpts = list_checkpoints(tmp_path / "r" / "checkpoints")
     assert [c.name for c in ckpts] == ["step-00000002", "step-00000004"]
     with open(ckpts[-1] / "trainable.safetensors", "r+b") as fh:
@@ -136,30 +123,26 @@ def test_corrupt_checkpoint_is_skipped(tiny_llama, alpaca_file, tmp_path):
 
 def test_no_pad_no_template_model_trains(tiny_nopad, alpaca_file, tmp_path):
     said = []
-    run_dir, summary = train(_cfg(tiny_nopad, alpaca_file, tmp_path / "run", "train.max_steps=2"), log=said.append)
+    cfg = sft_config(tiny_nopad, alpaca_file, tmp_path / "run", "train.max_steps=2")
+    run_dir, summary = train(cfg, log=said.append)
     text = "\n".join(said)
     assert "no pad token" in text and "plain" in text
     assert json.loads((run_dir / "template.json").read_text())["name"] == "plain"
 
 
-def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "dianjing.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def test_cli_train_chat_export(tiny_llama, alpaca_file, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     run_dir = tmp_path / "run"
-    r = _cli("train", "--model", tiny_llama, "--data", alpaca_file, "-o", run_dir, "--set", "train.max_steps=3",
-             "--set", "train.batch_size=4")
+    r = run_cli("train", "--model", tiny_llama, "--data", alpaca_file, "-o", run_dir, "--set", "train.max_steps=3",
+                "--set", "train.batch_size=4")
     assert r.returncode == 0, r.stderr
     assert f"dianjing chat {run_dir}" in r.stderr
-    r = _cli("chat", run_dir, "--prompt", "Say the number 3.", "--temperature", "0", "--max-new-tokens", "8")
+    r = run_cli("chat", run_dir, "--prompt", "Say the number 3.", "--temperature", "0", "--max-new-tokens", "8")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()  # a random tiny model answers something; the point is it answers
     out = tmp_path / "exported"
-    r = _cli("export", run_dir, "--out", out, "--dtype", "fp32")
+    r = run_cli("export", run_dir, "--out", out, "--dtype", "fp32")
     assert r.returncode == 0, r.stderr
     # the exported folder loads in plain transformers, no PEFT, and gives the run's logits
     code = ("import sys,torch;from transformers import AutoModelForCausalLM as M;"
@@ -179,11 +162,11 @@ def test_cli_train_chat_export(tiny_llama, alpaca_file, tmp_path):
 
 
 def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
-    r = _cli("train", "--set", "train.learnig_rate=1")
+    r = run_cli("train", "--set", "train.learnig_rate=1")
     assert r.returncode == 2 and "unknown key 'train.learnig_rate'" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("validate", "--model", tmp_path / "nope")
+    r = run_cli("validate", "--model", tmp_path / "nope")
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("--help")
+    r = run_cli("--help")
     assert all(c in r.stdout for c in ("train", "validate", "chat", "export"))
 
 
@@ -192,14 +175,14 @@ def test_bf16_adapter_compute_matches_fp32_compute(tiny_llama, alpaca_file, tmp_
     rank-r products in bf16; the fp32 adapter weights and the losses stay as with fp32 compute."""
     seen, losses = {}, {}
     for compute in ("fp32", "bf16"):
-        cfg = _cfg(tiny_llama, alpaca_file, tmp_path / compute, "train.max_steps=4", "model.precision=bf16",
-                   f"adapter.compute={compute}")
+        cfg = sft_config(tiny_llama, alpaca_file, tmp_path / compute, "train.max_steps=4", "model.precision=bf16",
+                         f"adapter.compute={compute}")
         trainer = loop.Trainer(cfg, tmp_path / compute, log=lambda *_: None)
         lora_a = next(m for n, m in trainer.model.named_modules() if n.endswith("lora_A.default"))
         lora_a.register_forward_hook(lambda m, inp, out, c=compute: [seen.setdefault(c, inp[0].dtype), None][1])
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         trainer.run()
-        losses[compute] = _losses(tmp_path / compute)
+        losses[compute] = logged_losses(tmp_path / compute)
         changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
         assert changed and all("lora_" in n for n in changed)
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
@@ -216,8 +199,8 @@ def test_compiled_blocks_train_like_eager(tiny_llama, alpaca_file, tmp_path):
     losses, keys = {}, {}
     for mode in ("off", "on"):
         out = tmp_path / mode
-        cfg = _cfg(tiny_llama, alpaca_file, out, "train.max_steps=4", "model.precision=fp32",
-                   f"train.compile={mode}", "train.eval_every=2")
+        cfg = sft_config(tiny_llama, alpaca_file, out, "train.max_steps=4", "model.precision=fp32",
+                         f"train.compile={mode}", "train.eval_every=2")
         trainer = loop.Trainer(cfg, out, log=lambda *_: None)
         assert trainer.compiled is (mode == "on")
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -226,7 +209,7 @@ def test_compiled_blocks_train_like_eager(tiny_llama, alpaca_file, tmp_path):
         # blocks really ran compiled (a block that fails to compile would silently run eagerly)
         assert (counters["stats"]["unique_graphs"] > 0) is (mode == "on")
         trainer.save_outputs(state)
-        losses[mode] = _losses(out)
+        losses[mode] = logged_losses(out)
         changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
         assert changed and all("lora_" in n for n in changed)
         keys[mode] = set(load_file(out / "adapter" / "adapter_model.safetensors"))

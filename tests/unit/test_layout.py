@@ -1,7 +1,6 @@
 """The README's file tree names every module in src/dianjing (a package line like `teacher/`
 covers its folder), and every module it names exists; no module is over ~500 lines."""
 
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -70,6 +70,15 @@ def attach(model, cfg: AdapterConfig, *, body: torch.nn.Module | None = None):
                if cfg.target_modules == "all-linear" else cfg.target_modules)
     if not targets and cfg.method != "prompt_tuning":
         raise ConfigError("adapter.target_modules: the model has no linear layers to adapt")
+    if isinstance(cfg.target_modules, list) and cfg.method != "prompt_tuning":
+        # PEFT fails only when no name matches: a misspelt name beside a right one would leave
+        # that layer quietly unadapted (a name matches a module path or its end, as in PEFT)
+        paths = [name for name, _ in inner.named_modules()]
+        unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in paths)]
+        if unknown:
+            linear = linear_names(inner, exclude=inner.get_output_embeddings() if body is None else None)
+            raise ConfigError(f"adapter.target_modules: {', '.join(map(repr, unknown))} not in the model",
+                              fix=f"use 'all-linear' or names from: {', '.join(linear)}")
     if body is None:
         from peft import TaskType, get_peft_model
 

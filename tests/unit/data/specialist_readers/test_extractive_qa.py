@@ -1,16 +1,16 @@
 """extract-qa data: SQuAD JSON and HF squad records, offset repair, dropped answers, ids; DRCD."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from dianjing.data.specialist_readers import (FIX_DROP_EMPTY, FIX_DROP_NOT_FOUND, FIX_DUP_ID, FIX_ID, FIX_OFFSET,
                                               QAExample, read_task)
 from dianjing.errors import DataError
+from tests.helpers import SHARED_DATA
 from tests.unit.data.specialist_readers.files import write_file, write_jsonl
 
-DRCD = Path(__file__).resolve().parents[4].parent / "shared" / "data" / "qa" / "DRCD_dev.json"
+DRCD = SHARED_DATA / "qa" / "DRCD_dev.json"
 
 
 def _squad(paragraphs):

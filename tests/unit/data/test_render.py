@@ -6,7 +6,6 @@ from dianjing.data.render import render, render_all, segments
 from dianjing.data.schema import Conversation, Message
 from dianjing.data.templates import BUILTIN_TEMPLATES, choose_template
 from dianjing.infer.generate import prompt_ids
-from tests.tiny import build_tokenizer
 
 OWN = ("{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{{ eos_token }}\n{% endfor %}"
        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -21,8 +20,9 @@ ANSWER = {"plain": " {}</s>", "chatml": "{}<|im_end|>", "vicuna": " {}</s>", "al
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return build_tokenizer(tmp_path_factory.mktemp("tok"), chat_template=OWN)
+def tok(make_tokenizer):
+    """The tiny tokenizer with its own chat template: the "model" template under test."""
+    return make_tokenizer(chat_template=OWN)
 
 
 def runs(r, tok, supervised=True):
@@ -89,8 +89,8 @@ def test_truncation_and_dropping_are_counted(tok):
     assert stats.dropped == {"no supervised token left after truncation to max_length": 1}
 
 
-def test_template_choice_without_chat_template(tmp_path):
-    plain_tok = build_tokenizer(tmp_path, pad=False)
+def test_template_choice_without_chat_template(make_tokenizer):
+    plain_tok = make_tokenizer(pad=False)
     template, why = choose_template("auto", plain_tok)
     assert template.name == "plain" and "no chat template" in why
 

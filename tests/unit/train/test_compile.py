@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 from dianjing.config import load_config
 from dianjing.train import compile as comp
 from dianjing.train import loop
+from tests.helpers import sft_config
 
 
 def test_find_blocks_is_the_decoder_layers(tiny_llama):
@@ -36,8 +37,7 @@ def test_decide(tiny_llama, monkeypatch):
 def test_auto_is_pinned_in_the_run_config(tiny_llama, alpaca_file, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    cfg = load_config(None, [f"model.name={tiny_llama}", f"data.files={alpaca_file}", f"train.output_dir={run}",
-                             "train.max_steps=1"])
+    cfg = sft_config(tiny_llama, alpaca_file, run, "train.max_steps=1", base=())
     (run / "config.yaml").write_text("placeholder")
     trainer = loop.Trainer(cfg, run, log=lambda *_: None)
     assert trainer.compiled is False

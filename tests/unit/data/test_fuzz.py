@@ -2,9 +2,10 @@
 rejected with a message naming the file, line and field. Never a crash, never mangled."""
 
 import json
+from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dianjing.config import DataConfig
@@ -12,10 +13,8 @@ from dianjing.data.load import load_conversations
 from dianjing.data.render import RenderStats, render_all
 from dianjing.data.templates import choose_template
 from dianjing.errors import DataError
-from tests.tiny import build_tokenizer
 
 N_CASES = 400
-TRIED = {"records": 0, "accepted": 0, "rejected": 0, "dropped": 0}
 
 PIECES = ["", " ", "\r\n", "\n", "\t", "\x00", "🙂", "👨‍👩‍👧", "你好，世界", "點睛", "</s>", "<s>", "USER:", "AI:",
           "{{ x }}", "{% if %}", "\\", "\"", "\u200b", "\ufeff", "Ａ"]
@@ -57,11 +56,6 @@ records = st.one_of(
 mutation = st.sampled_from(["none", "bom", "crlf", "nul", "bad-utf8", "ascii"])
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return build_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
 def _strings(obj) -> set[str]:
     if isinstance(obj, str):
         return {obj}
@@ -72,12 +66,14 @@ def _strings(obj) -> set[str]:
     return {str(obj)} if isinstance(obj, (int, float)) and not isinstance(obj, bool) else set()
 
 
-@settings(max_examples=N_CASES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rec=records, how=mutation, fmt=st.sampled_from(["auto", "alpaca", "sharegpt", "messages",
-                                                        "prompt_completion"]))
-def test_records_are_rendered_exactly_or_rejected_by_name(tmp_path_factory, tok, rec, how, fmt):
-    TRIED["records"] += 1
-    path = tmp_path_factory.mktemp("fuzz") / "f.jsonl"
+FORMATS = st.sampled_from(["auto", "alpaca", "sharegpt", "messages", "prompt_completion"])
+
+
+def _check(folder, tok, rec, how: str, fmt: str) -> str:
+    """Write `rec` (mutated by `how`) as a one-line file and read it as `fmt`: it is either rejected
+    with the file and line, or read with its answers unchanged and rendered with exactly those answers
+    supervised (or dropped and counted). Returns "rejected", "rendered" or "dropped"."""
+    path = folder / "f.jsonl"
     line = json.dumps(rec, ensure_ascii=(how == "ascii")).encode("utf-8")
     corrupt = False
     if how == "bom":
@@ -94,16 +90,13 @@ def test_records_are_rendered_exactly_or_rejected_by_name(tmp_path_factory, tok,
         convs, report = load_conversations(cfg, log=lambda *_: None)
     except DataError as e:  # nothing usable in the file: the error says where and why
         assert "no usable examples" in str(e)
-        convs, report = [], None
         cfg_stop = DataConfig(files=[{"path": str(path), "format": fmt}])
         with pytest.raises(DataError) as why:
             load_conversations(cfg_stop, log=lambda *_: None)
         assert f"{path}:1" in str(why.value)
-        TRIED["rejected"] += 1
-        return
+        return "rejected"
     assert not corrupt
     (conv,) = convs
-    TRIED["accepted"] += 1
     # the answers are the record's own strings, unchanged
     originals = _strings(rec)
     answers = [m.content for m in conv.messages if m.role == "assistant"]
@@ -113,9 +106,8 @@ def test_records_are_rendered_exactly_or_rejected_by_name(tmp_path_factory, tok,
     stats = RenderStats()
     rendered = render_all(convs, tok, template, max_length=10_000, stats=stats)
     if not rendered:
-        TRIED["dropped"] += 1
         assert sum(stats.dropped.values()) == 1 and stats.dropped
-        return
+        return "dropped"
     (r,) = rendered
     runs, cur = [], []
     for t, m in zip(r.input_ids, r.mask):
@@ -129,6 +121,31 @@ def test_records_are_rendered_exactly_or_rejected_by_name(tmp_path_factory, tok,
     got = [tok.decode(x, clean_up_tokenization_spaces=False) for x in runs]
     want = [f" {m.content}</s>" for m in conv.messages if m.role == "assistant" and m.train]
     assert got == want
+    return "rendered"
+
+
+def _fuzz(tmp_path_factory, tok, n: int, **kw) -> Counter:
+    """Run _check on `n` drawn cases (hypothesis settings in `kw`); the counts of what happened."""
+    tried = Counter()
+
+    @settings(max_examples=n, deadline=None, **kw)
+    @given(rec=records, how=mutation, fmt=FORMATS)
+    def one(rec, how, fmt):
+        outcome = _check(tmp_path_factory.mktemp("fuzz"), tok, rec, how, fmt)
+        tried["records"] += 1
+        tried[outcome] += 1
+        tried["accepted"] += outcome != "rejected"
+        tried[f"{outcome}:{how}"] += 1
+
+    one()
+    return tried
+
+
+def test_records_are_rendered_exactly_or_rejected_by_name(tmp_path_factory, tiny_tokenizer):
+    tried = _fuzz(tmp_path_factory, tiny_tokenizer, N_CASES)
+    print(f"\nfuzz: {dict(tried)}")
+    # the property held on every case; and the cases were not all of one kind, or it would be vacuous
+    assert tried["records"] >= N_CASES and tried["accepted"] > 20 and tried["rejected"] > 20
 
 
 def _in_parts(answer: str, rec) -> bool:
@@ -147,10 +164,17 @@ def _lists(obj):
             yield from _lists(v)
 
 
-def test_cases_were_tried():
-    """Runs after the property test (file order): report how many records were tried."""
-    print(f"\nfuzz: {TRIED}")
-    assert TRIED["records"] >= N_CASES and TRIED["accepted"] > 20 and TRIED["rejected"] > 20
+def test_cases_were_tried(tmp_path_factory, tiny_tokenizer):
+    """The strategies reach every outcome: on a fixed (derandomized) draw, records are read and rendered,
+    rejected by name, and dropped, and every mutation is tried; a corrupt line is never accepted."""
+    n = N_CASES // 2
+    tried = _fuzz(tmp_path_factory, tiny_tokenizer, n, derandomize=True, database=None)
+    print(f"\nfuzz (derandomized): {dict(tried)}")
+    assert tried["records"] >= n
+    assert tried["rendered"] > 10 and tried["rejected"] > 10 and tried["dropped"] >= 1
+    for how in ("none", "bom", "crlf", "nul", "bad-utf8", "ascii"):
+        assert tried[f"rendered:{how}"] + tried[f"dropped:{how}"] + tried[f"rejected:{how}"] > 0, how
+    assert tried["rendered:nul"] == tried["rendered:bad-utf8"] == 0
 
 
 @pytest.mark.parametrize("payload, what", [
@@ -172,7 +196,8 @@ def test_adversarial_lines_are_rejected_with_file_and_line(tmp_path, payload, wh
     assert len(convs) == 1 and sum(report.skipped.values()) == 1
 
 
-def test_one_megabyte_line_is_read_and_truncated(tmp_path, tok):
+def test_one_megabyte_line_is_read_and_truncated(tmp_path, tiny_tokenizer):
+    tok = tiny_tokenizer
     p = tmp_path / "big.jsonl"
     p.write_text(json.dumps({"prompt": "字" * 1_000_000, "completion": "short answer"}) + "\n", encoding="utf-8")
     convs, _ = load_conversations(DataConfig(files=[str(p)]), log=lambda *_: None)

@@ -1,13 +1,12 @@
 """Seed tasks: ours (zh-TW and English, classification marked) and self-instruct's file; errors name file:line."""
 
-from pathlib import Path
-
 import pytest
 
 from dianjing.errors import DataError
 from dianjing.teacher.seeds import load_seeds, seeds_digest
+from tests.helpers import SHARED_DATA
 
-SELF_INSTRUCT = Path(__file__).parents[3] / "shared/data/selfinstruct/seed_tasks.jsonl"
+SELF_INSTRUCT = SHARED_DATA / "selfinstruct" / "seed_tasks.jsonl"
 
 
 def test_builtin_seeds_are_bilingual_with_classification_tasks():

@@ -1,15 +1,15 @@
 """The T0 importer: file names → dataset/template, clusters, answer options, empty files."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from dianjing.generalist.mix import build_mixture, plan
 from dianjing.generalist.registry import load_mixture, load_registries
 from dianjing.generalist.t0 import CLUSTER_OF, build_registry, split_name
+from tests.helpers import SHARED_DATA
 
-REAL_T0 = Path(__file__).resolve().parents[3] / "shared" / "data" / "multitask" / "t0"
+REAL_T0 = SHARED_DATA / "multitask" / "t0"
 
 
 def _file(folder, stem, pairs):

@@ -1,0 +1,58 @@
+"""Helpers shared by the tests: a tiny run's config, the losses a run logged, the CLI in a subprocess,
+and where the shared data sets live. Fixtures (tiny models, tokenizers, data files) are in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dianjing.config import RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+# the data sets shared between checkouts (../shared/data next to the repository); tests that need one skip without it
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# a quick, deterministic tiny run: big enough steps to learn in a few dozen, one thread, a small eval split
+FAST = ("train.batch_size=4", "train.lr=5e-3", "train.warmup_ratio=0", "train.threads=1", "data.eval_fraction=0.1")
+
+
+def write_alpaca(path: Path, answer: str = "The number is {}.", n: int = 24) -> Path:
+    """An alpaca file of `n` records "Say the number i." -> answer.format(i)."""
+    rows = [{"instruction": f"Say the number {i}.", "input": "", "output": answer.format(i)} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def sft_config(model, data, out, *extra: str, base: tuple[str, ...] | list[str] = FAST) -> RunConfig:
+    """A run config for `model` on `data` writing to `out`: the `base` overrides, then `extra` (later ones win)."""
+    return load_config(None, [f"model.name={model}", f"data.files={data}", f"train.output_dir={out}",
+                              *base, *extra])
+
+
+def specialist_config(model, data, out, task: str, *extra: str, eval_data=None) -> RunConfig:
+    """A specialist run config (task.type=`task`) on one data file, and optionally one eval file."""
+    sets = [f"model.name={model}", f"task.type={task}", f"train.output_dir={out}", "train.threads=1",
+            "model.gradient_checkpointing=false", "data.max_length=64", "train.batch_size=8",
+            "train.log_every=1", *extra]
+    cfg = load_config(None, sets)
+    cfg.data.files = [cfg.data.files[0].model_copy(update={"path": str(data)})]
+    if eval_data:
+        cfg.data.eval_files = [cfg.data.files[0].model_copy(update={"path": str(eval_data)})]
+    return cfg
+
+
+def logged_losses(run_dir, *, steps: bool = False) -> list:
+    """The training losses in run_dir/metrics.jsonl, in order; with steps=True as (step, loss) pairs."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) if steps else r["loss"] for r in rows if "loss" in r]
+
+
+def run_cli(*args, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    """`python -m dianjing.cli ARGS` in a subprocess, output captured; check=True asserts it exited 0."""
+    r = subprocess.run([sys.executable, "-m", "dianjing.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
