@@ -103,17 +103,14 @@ class RunFolder:
         if not p.is_dir():
             return NOT_A_RUN
         if self.info_path.exists():
-            try:
-                info = self.info()
-            except DianjingError:
-                return NOT_A_RUN
+            info = self.info()  # a damaged run.json is an error that says so, not "not a run"
             if info.get("task", "sft") != "sft" or self.specialist.exists():
                 return SPECIALIST
             if self.template_path.exists():
                 return CHAT_FULL if info.get("method") == "full" else CHAT_ADAPTER
             return NOT_A_RUN
-        if self.config.exists() or self.checkpoints.exists():
-            return UNFINISHED
+        if (self.config.exists() or self.checkpoints.exists()) and not (p / "config.json").exists():
+            return UNFINISHED  # (a Hugging Face model folder has a config.json, and may have either of these)
         return NOT_A_RUN
 
     def require(self, *kinds: str, command: str) -> str:

@@ -321,6 +321,22 @@ def test_after_the_grace_period_streams_end_with_an_error_and_waiting_requests_g
     assert _err(out["waiting"], 503)
 
 
+def test_a_plain_request_is_cancelled_when_its_client_leaves_while_tokens_flow(models, monkeypatch):
+    """The disconnect check ran only after a second without tokens: a steady stream kept generating."""
+    _slow_decoding(monkeypatch, 0.01)  # ~100 tokens a second: never a second without one
+    app = _app(models, limits=Limits(max_tokens=250))
+    monkeypatch.setattr(models.served["base"], "eos", set())  # no early end: 250 tokens take 2.5 s
+    batcher = app.state.batcher
+    with running(app) as (_, url):
+        with pytest.raises(httpx.ReadTimeout):
+            _chat(url, {"messages": ASK, "max_tokens": 250, "temperature": 0}, timeout=0.5)
+        deadline = time.monotonic() + 5
+        while batcher.running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert batcher.running() == 0 and batcher.stats["cancelled"] == 1
+        assert batcher.stats["generated_tokens"] < 250
+
+
 def test_requests_that_end_within_the_grace_period_finish(models, monkeypatch):
     _slow_decoding(monkeypatch, 0.02)
     app = _app(models, limits=Limits(max_tokens=200))

@@ -90,3 +90,19 @@ def test_metrics_only_the_last_line_may_be_cut(tmp_path):
     path.write_text('{"step": 1}\ngarbage\n{"step": 2}\n')
     with pytest.raises(DianjingError, match=r"metrics.jsonl:2"):
         _truncate_metrics(path, 2)
+
+
+def test_a_model_folder_with_a_config_yaml_is_not_an_unfinished_run(tmp_path):
+    model = tmp_path / "some-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "config.yaml").write_text("x: 1\n")
+    (model / "checkpoints").mkdir()
+    assert RunFolder(model).kind() == NOT_A_RUN  # so chat/serve load it as a model
+
+
+def test_kind_of_a_damaged_run_says_it_is_damaged(tmp_path):
+    run = _chat_run(tmp_path)
+    run.info_path.write_text("{")
+    with pytest.raises(DianjingError, match="not valid JSON"):
+        run.kind()

@@ -190,7 +190,10 @@ def chat_job(req: ChatRequest, served: Served, ctx: int, limits: Limits) -> Job:
     try:
         text = served.template.render(messages, add_generation_prompt=True)
     except jinja2.TemplateError as e:  # the template itself refuses, e.g. roles that do not alternate
-        raise ApiError(400, f"the chat template of '{served.name}' refuses these messages: {e.message}",
+        raise ApiError(400, f"the chat template of '{served.name}' refuses these messages: {e.message or 'no reason given'}",
+                       param="messages") from None
+    except Exception:  # a model's own template failing in another way: still these messages, not the server
+        raise ApiError(400, f"the chat template of '{served.name}' cannot render these messages",
                        param="messages") from None
     ids = served.tokenizer(text, add_special_tokens=False)["input_ids"]
     return _job(req, served, ids, served.template.stop_strings, ctx, limits,

@@ -269,8 +269,8 @@ class Batcher:
                 continue
             # one prefilled row per request (its n choices copy it), so the prefill holds
             # len(taken) rows of the longest prompt; a lone prompt is admitted whatever its length
-            fits = (rows + req.n <= room
-                    and (len(taken) + 1) * max(longest, len(req.ids)) <= MAX_PREFILL_TOKENS)
+            prefill_rows = len(taken) + 1 if self._rearrange else rows + req.n  # else every choice is prefilled
+            fits = (rows + req.n <= room and prefill_rows * max(longest, len(req.ids)) <= MAX_PREFILL_TOKENS)
             if not fits and (taken or self._rows):
                 break  # first come, first served: later requests do not overtake this one
             taken.append(req)

@@ -248,13 +248,17 @@ async def _events(st: State, req: GenRequest, queue: asyncio.Queue,
                   disconnected: Callable[[], object] | None = None) -> AsyncIterator[Text | Done | Failed]:
     """The request's events until it ends; checks every second that the worker lives (and, for
     a non-streaming request, that the client is still there: a stream learns that from Starlette)."""
-    n_done = 0
+    n_done, checked = 0, time.monotonic()
     while n_done < req.n:
         try:
             ev = await asyncio.wait_for(queue.get(), timeout=LIVENESS_CHECK_S)
         except TimeoutError:
+            ev = None
+        if time.monotonic() - checked >= LIVENESS_CHECK_S:  # also while tokens keep coming
+            checked = time.monotonic()
             if disconnected is not None and await disconnected():
                 return
+        if ev is None:
             if not st.batcher.alive and queue.empty():
                 yield Failed(st.batcher.down_reason or "the generation worker stopped", 503)
                 return

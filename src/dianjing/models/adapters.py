@@ -15,7 +15,8 @@ from dianjing.errors import ConfigError
 # IA3 scales the input of feed-forward output projections and the output of the others; these
 # name fragments mark the feed-forward ones across architectures (Llama/Gemma down_proj, GPT-2
 # c_proj, OPT/BART fc2, T5 w2 and out_proj, BERT's output.dense)
-FEEDFORWARD_HINTS = ("down", "fc2", "out_proj", "w2", "c_proj", "output")
+FEEDFORWARD_HINTS = ("down", "fc2", "out_proj", "w2", "c_proj")
+ENCODER_FEEDFORWARD_HINTS = (*FEEDFORWARD_HINTS, "output")  # BERT-style backbones (output.dense)
 
 
 @contextlib.contextmanager
@@ -36,7 +37,7 @@ def linear_names(module: torch.nn.Module, exclude: torch.nn.Module | None = None
     return sorted(names)
 
 
-def peft_config(cfg: AdapterConfig, targets: list[str], task_type=None):
+def peft_config(cfg: AdapterConfig, targets: list[str], task_type=None, ff_hints=FEEDFORWARD_HINTS):
     """The PEFT config for adapter.method over `targets`."""
     from peft import IA3Config, LoraConfig, PromptTuningConfig
 
@@ -46,7 +47,7 @@ def peft_config(cfg: AdapterConfig, targets: list[str], task_type=None):
             return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                               use_dora=cfg.method == "dora", **kw)
         case "ia3":
-            ff = [t for t in targets if any(k in t for k in FEEDFORWARD_HINTS)]
+            ff = [t for t in targets if any(k in t for k in ff_hints)]
             return IA3Config(target_modules=targets, feedforward_modules=ff, **kw)
         case "prompt_tuning":
             return PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, **kw)
@@ -95,7 +96,7 @@ def attach(model, cfg: AdapterConfig, *, body: torch.nn.Module | None = None):
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        inject_adapter_in_model(peft_config(cfg, targets), body)
+        inject_adapter_in_model(peft_config(cfg, targets, ff_hints=ENCODER_FEEDFORWARD_HINTS), body)
     except ValueError as e:
         raise ConfigError(f"adapter: PEFT cannot apply {cfg.method} to this backbone: {e}") from None
     in_body = set()
