@@ -56,3 +56,14 @@ def run_cli(*args, timeout: float = 300, check: bool = False) -> subprocess.Comp
     if check:
         assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+def lcs_dp(a, b) -> int:
+    """Textbook dynamic-programming LCS length: the reference the fast LCS is checked against."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]

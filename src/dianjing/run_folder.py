@@ -146,11 +146,8 @@ class RunFolder:
         return UNFINISHED if self.config.exists() or self.checkpoints.exists() else NOT_A_RUN
 
     # --- writing (train) --------------------------------------------------------------------------
-    def write_info(self, *, base_model: str, model_name: str, method: str, dtype: str, task: str = "sft") -> None:
-        info = {"base_model": base_model, "model_name": model_name, "method": method, "dtype": dtype}
-        if task != "sft":
-            info = {"base_model": base_model, "model_name": model_name, "task": task, "method": method,
-                    "dtype": dtype}
+    def write_info(self, info: dict) -> None:
+        """run.json: base_model, model_name, method, dtype (and task, for specialists)."""
         self._write_json(self.info_path, info)
 
     def write_template(self, template) -> None:

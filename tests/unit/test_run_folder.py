@@ -21,8 +21,19 @@ def _chat_run(tmp_path, method="lora"):
     run.config.write_text("model: {}\n")
     run.write_template(_template())
     run.write_summary({"steps": 3, "note": "點睛"})
-    run.write_info(base_model="/m", model_name="m", method=method, dtype="bfloat16")
+    run.write_info({"base_model": "/m", "model_name": "m", "method": method, "dtype": "bfloat16"})
     return run
+
+
+SPEC_INFO = {"base_model": "/b", "model_name": "b", "task": "classify", "method": "lora", "dtype": "float32"}
+
+
+def _specialist_run(tmp_path):
+    spec = RunFolder(tmp_path / "spec")
+    spec.checkpoints.mkdir(parents=True)
+    spec.config.write_text("task: {type: classify}\n")
+    spec.write_info(SPEC_INFO)
+    return spec
 
 
 def test_round_trip_and_kinds(tmp_path):
@@ -34,7 +45,7 @@ def test_round_trip_and_kinds(tmp_path):
     assert _chat_run(tmp_path, "full").kind() == CHAT_FULL
     spec = RunFolder(tmp_path / "spec")
     spec.path.mkdir()
-    spec.write_info(base_model="/b", model_name="b", method="lora", dtype="float32", task="classify")
+    spec.write_info(SPEC_INFO)
     assert spec.kind() == SPECIALIST and spec.info()["task"] == "classify"
     unfinished = RunFolder(tmp_path / "unfinished")
     unfinished.checkpoints.mkdir(parents=True)
@@ -45,10 +56,7 @@ def test_round_trip_and_kinds(tmp_path):
 
 
 def test_a_wrong_kind_says_what_the_folder_is_and_what_fits(tmp_path):
-    spec = RunFolder(tmp_path / "spec")
-    spec.checkpoints.mkdir(parents=True)
-    spec.config.write_text("task: {type: classify}\n")
-    spec.write_info(base_model="/b", model_name="b", method="lora", dtype="float32", task="classify")
+    spec = _specialist_run(tmp_path)
     with pytest.raises(DianjingError) as e:
         spec.require(CHAT_ADAPTER, CHAT_FULL, command="dianjing chat")
     msg = str(e.value)
@@ -64,10 +72,7 @@ def test_chat_on_a_specialist_run_points_at_eval_and_predict(tmp_path):
     """The bug: `dianjing chat` on a specialist run told the user to run `dianjing train --resume`."""
     from dianjing.infer.load import load_run
 
-    spec = RunFolder(tmp_path / "spec")
-    spec.checkpoints.mkdir(parents=True)
-    spec.config.write_text("task: {type: classify}\n")
-    spec.write_info(base_model="/b", model_name="b", method="lora", dtype="float32", task="classify")
+    spec = _specialist_run(tmp_path)
     with pytest.raises(DianjingError) as e:
         load_run(spec.path)
     assert "specialist run" in str(e.value) and "dianjing eval" in str(e.value) and "--resume" not in str(e.value)

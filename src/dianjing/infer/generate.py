@@ -62,12 +62,12 @@ def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
     """
     if p.temperature < MIN_TEMPERATURE:
         return int(logits.argmax())
-    probs = _probs(logits, p.temperature)
+    probs = full = _probs(logits, p.temperature)
     order = None
     if p.top_p < 1.0:
-        probs, order = probs.topk(min(TOP_P_FIRST_K, probs.numel()))  # sorted, likeliest first
+        probs, order = full.topk(min(TOP_P_FIRST_K, full.numel()))  # sorted, likeliest first
         if float(probs.sum()) < p.top_p and len(order) < logits.numel():  # a wide nucleus: sort them all
-            probs, order = _probs(logits, p.temperature).sort(descending=True)
+            probs, order = full.sort(descending=True)
         probs = probs * (probs.cumsum(0) - probs < p.top_p)
     cdf = probs.cumsum(0)
     u = torch.rand(1, generator=gen, dtype=cdf.dtype) * cdf[-1]

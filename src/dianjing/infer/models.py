@@ -76,7 +76,8 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
     if len(set(names)) < len(names) or BASE in names:
         raise DianjingError(f"requests pick a run by its folder name, and these clash: {', '.join(names)}",
                             fix=f"rename the run folders so each name is unique and none is '{BASE}'")
-    infos = {p: RunFolder(p).info() for p in runs}
+    folders = {p: RunFolder(p) for p in runs}
+    infos = {p: folders[p].info() for p in runs}
     for p, info in infos.items():
         if info["method"] == "full" and len(targets) > 1:
             raise DianjingError(f"{p} is a full fine-tune with its own weights, so it cannot share a base "
@@ -94,12 +95,12 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
                             fix="serve the runs of each base model in their own server (each with its own --port)")
     base_path = bases.pop()
     for b in bare:
-        if RunFolder(b).kind() != NOT_A_RUN:  # a specialist or unfinished run: say so, and what fits it
-            RunFolder(b).require(CHAT_ADAPTER, CHAT_FULL, command="dianjing serve")
+        if (bare_run := RunFolder(b)).kind() != NOT_A_RUN:  # a specialist or unfinished run: say what fits it
+            bare_run.require(CHAT_ADAPTER, CHAT_FULL, command="dianjing serve")
         if Path(resolve_model(b, log=log)).resolve() != Path(base_path).resolve():
             raise DianjingError(f"{b} is not the base model of the runs ({base_path})",
                                 fix="leave it out: the runs' base model is served as 'base' anyway")
-    kinds = {json.loads((RunFolder(p).adapter / "adapter_config.json").read_text())["peft_type"] for p in runs}
+    kinds = {json.loads((folders[p].adapter / "adapter_config.json").read_text())["peft_type"] for p in runs}
     if len(kinds) > 1:
         raise DianjingError(f"the runs use different adapter types ({', '.join(sorted(kinds))}); one server "
                             "holds adapters of one type", fix="serve each type in its own server")
@@ -111,11 +112,11 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
         adapter = f"adapter_{i}"  # PEFT adapter names become module keys: no dots allowed, so not `name`
         with peft_quiet():
             if i == 0:
-                model = PeftModel.from_pretrained(model, str(RunFolder(p).adapter), adapter_name=adapter)
+                model = PeftModel.from_pretrained(model, str(folders[p].adapter), adapter_name=adapter)
             else:
-                model.load_adapter(str(RunFolder(p).adapter), adapter_name=adapter)
-        tok = load_tokenizer(str(RunFolder(p).tokenizer), log=lambda *_: None)
-        template = RunFolder(p).template()
+                model.load_adapter(str(folders[p].adapter), adapter_name=adapter)
+        tok = load_tokenizer(str(folders[p].tokenizer), log=lambda *_: None)
+        template = folders[p].template()
         served.append(_served(name, adapter, model, tok, template))
         log(f"serving {name} ({infos[p]['method']} adapter from {p})")
     tok = load_tokenizer(base_path, log=lambda *_: None)

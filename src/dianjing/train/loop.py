@@ -276,8 +276,7 @@ class Trainer:
         self.setup.save(self.folder)
         summary = self.setup.summarize(state)
         self.folder.write_summary(summary)
-        self.folder.write_info(**{k: self.setup.info[k] for k in ("base_model", "model_name", "method", "dtype")},
-                               task=self.setup.info.get("task", "sft"))
+        self.folder.write_info(self.setup.info)
         return summary
 
 

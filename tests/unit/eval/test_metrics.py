@@ -239,14 +239,7 @@ def test_rouge_l_identical_and_by_hand():
 
 
 def test_lcs_length_matches_dynamic_programming():
-    def dp(a, b):
-        prev = [0] * (len(b) + 1)
-        for x in a:
-            cur = [0]
-            for j, y in enumerate(b):
-                cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-            prev = cur
-        return prev[-1]
+    from tests.helpers import lcs_dp as dp
 
     rng = random.Random(0)
     for _ in range(300):

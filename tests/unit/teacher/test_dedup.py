@@ -4,17 +4,8 @@ import random
 
 import pytest
 
+from tests.helpers import lcs_dp as _lcs_dp
 from dianjing.teacher.dedup import Deduper, f_measure, lcs_length, rouge_l, tokenize
-
-
-def _lcs_dp(a, b):
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
 
 
 def _naive_keep(texts, threshold=0.7):
