@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dianjing.errors import ConfigError
 
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"  # model.device and --device
+
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_DATA = "builtin:default"
 
@@ -33,8 +35,14 @@ class ModelConfig(_Strict):
                                                        "(only for models you trust)")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 frozen weights where the CPU/GPU supports bf16, else fp32")
-    attn_implementation: Literal["sdpa", "eager"] = Field(
-        "sdpa", description="attention kernel: PyTorch's scaled_dot_product_attention, or the model's eager code")
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN,
+        description="auto (CUDA when present, one GPU per process under torchrun; else MPS; else the CPU) | cpu "
+                    "| cuda | cuda:N | mps; a run pins what auto resolved to")
+    attn_implementation: Literal["sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
+        "sdpa", description="attention kernel: PyTorch's scaled_dot_product_attention, the model's eager code, "
+                            "flex attention (block masks: packed batches skip the blocks between examples) or "
+                            "FlashAttention 2 (needs the flash-attn package and a GPU)")
     random_init: bool = Field(
         False, description="specialists: same architecture with fresh random weights — the from-scratch "
                            "baseline that shows what pre-training buys")
@@ -95,7 +103,8 @@ class TrainConfig(_Strict):
     output_dir: str | None = Field(None, description="default: runs/<date>-<time>")
     epochs: float = Field(2.0, gt=0, description="passes over the training data (fractions allowed)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
-    batch_size: int = Field(8, ge=1, description="examples per micro-batch")
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch, over all processes (under torchrun "
+                                                  "each takes its share: the same config gives the same run)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
@@ -103,9 +112,10 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm to this; null: no clipping")
     seed: int = Field(42, description="seeds the data order, the eval split and the adapter's initialisation")
-    batching: Literal["length_grouped", "random", "sequential"] = Field(
+    batching: Literal["length_grouped", "packed", "random", "sequential"] = Field(
         "length_grouped", description="length_grouped: batches of similar length (little padding), shuffled; "
-                                      "random: shuffled; sequential: file order")
+                                      "packed: the same batches without padding, examples kept apart by a "
+                                      "block-diagonal mask; random: shuffled; sequential: file order")
     logits: Literal["sparse", "dense"] = Field(
         "sparse", description="sparse: output layer only at supervised positions")
     log_every: int = Field(1, ge=1, description="steps between lines in metrics.jsonl")
@@ -122,6 +132,12 @@ class TrainConfig(_Strict):
         "on their own, so freed activations go back to the OS instead of fragmenting the heap (~30% lower "
         "peak memory for ~9% time on SmolLM2, bench/sft_vs_trl.py); null keeps glibc's adaptive default")
     max_bad_steps: int = Field(5, ge=1, description="stop after this many NaN/inf steps in a row")
+    parallel: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="under torchrun: ddp (adapters; full fine-tuning that fits one device) or fsdp "
+                            "(FSDP2 shards full fine-tuning); auto picks, and the run pins it")
+    collective_timeout_s: float = Field(
+        600.0, gt=0, description="under torchrun: a collective waiting longer than this ends the run (a lost "
+                                 "process), instead of hanging it")
 
     @field_validator("compile", mode="before")
     @classmethod

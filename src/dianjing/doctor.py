@@ -22,6 +22,7 @@ def checks() -> list[Check]:
         status, fix = "warn", ("this torch is a CUDA build on a machine without a GPU (GBs unused): "
                                "reinstall with scripts/install.sh to get the CPU build")
     out.append((status, "torch", f"{torch.__version__} ({build} build), GPU: {'yes' if gpu else 'no'}", fix))
+    out += gpu_checks()
 
     threads, cores = torch.get_num_threads(), os.cpu_count() or 1
     out.append(("ok" if threads >= min(cores, 2) else "warn", "threads",
@@ -69,4 +70,33 @@ def checks() -> list[Check]:
     out.append(("ok" if major >= 5 else "fail", "libraries",
                 f"transformers {transformers.__version__}, peft {peft.__version__}",
                 None if major >= 5 else "pip install 'transformers>=5'"))
+    return out
+
+
+def gpu_checks() -> list[Check]:
+    """The GPUs torch sees (name, memory, compute capability, bf16), Apple's MPS, and what model.device: auto picks."""
+    import torch
+
+    from dianjing.errors import DianjingError
+    from dianjing.precision import _mps_available, device, device_name
+
+    out: list[Check] = []
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i in range(count):
+        props = torch.cuda.get_device_properties(i)
+        bf16 = props.major >= 8  # bf16 tensor cores from Ampere (compute capability 8.0) on
+        out.append(("ok", f"gpu {i}", f"{props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability "
+                    f"{props.major}.{props.minor}, bf16 {'yes' if bf16 else 'no (emulated: precision auto uses fp32)'}",
+                    None))
+    mps = _mps_available()
+    if mps:
+        out.append(("ok", "mps", "Apple GPU (MPS) available", None))
+    if not count and not mps:
+        out.append(("ok", "gpu", "none (no CUDA GPU, no Apple MPS): dianjing computes on the CPU", None))
+    try:
+        dev = device("auto")
+    except DianjingError as e:  # e.g. LOCAL_RANK names a GPU this machine does not have
+        out.append(("fail", "device", f"model.device: auto cannot pick a device: {e.message}", e.fix))
+        return out
+    out.append(("ok", "device", f"model.device: auto picks {dev} ({device_name(dev)})", None))
     return out

@@ -216,3 +216,16 @@ def test_compiled_blocks_train_like_eager(tiny_llama, alpaca_file, tmp_path):
         assert "eval_loss" in (out / "metrics.jsonl").read_text()
     assert keys["on"] == keys["off"]
     assert max(abs(a - b) for a, b in zip(losses["off"], losses["on"])) < 1e-4, losses
+
+
+def test_packed_batches_train_like_padded_ones(tiny_gemma, alpaca_file, tmp_path):
+    """train.batching: packed computes the same batches without padding: the same per-step losses."""
+    common = ("train.max_steps=4", "model.precision=fp32", "train.compile=off", "data.eval_fraction=0.1")
+    grouped, _ = train(sft_config(tiny_gemma, alpaca_file, tmp_path / "grouped", *common), log=lambda *_: None)
+    packed, summary = train(sft_config(tiny_gemma, alpaca_file, tmp_path / "packed", *common,
+                                       "train.batching=packed"), log=lambda *_: None)
+    want, got = logged_losses(grouped), logged_losses(packed)
+    assert len(got) == len(want) == 4
+    assert got == pytest.approx(want, rel=1e-5)
+    # both count real tokens only (padding is never counted)
+    assert summary["tokens"] == json.loads((grouped / "summary.json").read_text())["tokens"]

@@ -23,13 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     from dianjing.cli import mix; mix.add_parser(sub)  # noqa: E702  (generalist: FLAN-style mixtures)
     from dianjing.cli import synth; synth.add_parser(sub)  # noqa: E702
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` hands them to torchrun
     if args.command is None:
         parser.print_help()
         return 0
     try:
         return int(args.func(args) or 0)
     except DianjingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        where = f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: " if "WORLD_SIZE" in os.environ else ""
+        print(f"{where}error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 
+from dianjing.cli.common import add_device_option, check_device
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("chat", help="talk to a run or a model in the terminal",
@@ -22,6 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=None)
+    add_device_option(p, help="RUN_OR_MODEL: where it computes, auto (default: CUDA when present, else Apple's "
+                              "MPS, else the CPU), cpu, cuda, cuda:N or mps (with --url the server decides)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +37,7 @@ def local_replier(args) -> Replier:
     from dianjing.infer.generate import SamplingParams, prompt_ids, stream
     from dianjing.infer.load import load_run
 
-    model, tok, template = load_run(args.target, log=log)
+    model, tok, template = load_run(args.target, log=log, device=args.device)
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_p, seed=args.seed)
     return lambda history: stream(model, tok, prompt_ids(tok, template, history), params, template.stop_strings)
 
@@ -68,6 +72,11 @@ def run(args) -> int:
                             fix="dianjing chat runs/NAME   or   dianjing chat --url http://127.0.0.1:8000/v1")
     if args.url is None and (args.model or args.api_key):
         raise DianjingError("--model and --api-key go with --url", fix="add --url, or leave them out")
+    if args.url is not None and args.device != "auto":
+        raise DianjingError("--device is for a local RUN_OR_MODEL; with --url the server decides where it computes",
+                            fix="leave --device out, or start the server with: dianjing serve RUN --device DEVICE")
+    if args.url is None:
+        check_device(args.device)
     reply = remote_replier(args) if args.url else local_replier(args)
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
 

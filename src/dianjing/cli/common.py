@@ -29,6 +29,24 @@ def _literal_values(annotation) -> list:
     return [v for arg in typing.get_args(annotation) for v in _literal_values(arg)]  # Literal[...] | None
 
 
+DEVICE_HELP = ("where the model computes: auto (default: CUDA when present, else Apple's MPS, else the CPU), "
+               "cpu, cuda, cuda:N or mps")
+
+
+def add_device_option(p: argparse.ArgumentParser, default: str | None = "auto", help: str = DEVICE_HELP) -> None:
+    """--device for the commands that run a model (chat, serve, eval, predict, synth with a local teacher)."""
+    p.add_argument("--device", default=default, metavar="DEVICE", help=help)
+
+
+def check_device(setting: str, key: str = "--device") -> str:
+    """Fail now, naming `key`, if `setting` is no device or one this machine lacks (before any model is
+    loaded, which can take minutes); returns the setting for the library, which resolves it again."""
+    from dianjing.precision import device
+
+    device(setting, key=key)
+    return setting
+
+
 def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (sections model, data, adapter, train)")
     p.add_argument("--model", "-m", help="base model: HF folder, hub id, .gguf file, or gemma-3-270m")

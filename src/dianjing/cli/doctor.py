@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("doctor", help="check torch, threads, bf16, disk, memory and the default model",
+    p = sub.add_parser("doctor", help="check torch, the GPUs, threads, bf16, disk, memory and the default model",
                        description="Check the environment dianjing runs in and say what to fix.")
     p.set_defaults(func=run)
 

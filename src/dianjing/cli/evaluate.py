@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dianjing.cli.common import choices
+from dianjing.cli.common import add_device_option, check_device, choices
 from dianjing.config import DataConfig, ModelConfig
 
 
@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=512,
                    help="held-out: longer prompts lose their middle (default 512)")
     p.add_argument("--precision", choices=choices(ModelConfig, "precision"), default="auto")
+    add_device_option(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--on-error", choices=choices(DataConfig, "on_error"), default="skip",
                    help="bad records: stop at the first, or skip and count them (default)")
@@ -44,6 +45,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    check_device(args.device)  # before the mixture, the data or the model is read
     if args.mixture or args.held_out:
         return run_heldout(args)
     if not args.data:
@@ -55,7 +57,7 @@ def run(args) -> int:
     from dianjing.specialist.evaluate import evaluate, print_scores
 
     result, out = evaluate(Path(args.run), args.data, on_error=args.on_error, batch_size=args.batch_size,
-                           out=args.out, log=log)
+                           out=args.out, log=log, device=args.device)
     print_scores(result["task"], result["scores"])
     log(f"metrics written to {out}")
     return 0
@@ -77,7 +79,8 @@ def run_heldout(args) -> int:
     if args.data:
         raise ConfigError("--data is for specialist runs; with --mixture the data comes from the mixture's registries")
     mix = load_mixture(args.mixture)
-    model, tok, chat = load_run(args.run, precision=args.precision, merge=True, log=log, command="dianjing eval --held-out")
+    model, tok, chat = load_run(args.run, precision=args.precision, merge=True, log=log,
+                                command="dianjing eval --held-out", device=args.device)
     result = evaluate_heldout(model, tok, chat, mix, per_task=args.per_task, shots=args.shots,
                               batch_size=min(args.batch_size, 64), generate=not args.no_generate,
                               max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens, log=log)

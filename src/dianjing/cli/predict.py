@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from dianjing.cli.common import choices
+from dianjing.cli.common import add_device_option, check_device, choices
 from dianjing.config import DataConfig
 
 
@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", "-o", help="output JSONL (default: standard output)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--on-error", choices=choices(DataConfig, "on_error"), default="stop")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -27,7 +28,9 @@ def run(args) -> int:
     from dianjing.cli import log
     from dianjing.specialist.evaluate import predict
 
-    preds = predict(Path(args.run), args.file, on_error=args.on_error, batch_size=args.batch_size, log=log)
+    check_device(args.device)
+    preds = predict(Path(args.run), args.file, on_error=args.on_error, batch_size=args.batch_size, log=log,
+                    device=args.device)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         for p in preds:

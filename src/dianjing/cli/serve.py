@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from dianjing.cli.common import choices
+from dianjing.cli.common import add_device_option, check_device, choices
 from dianjing.config import ModelConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batch", type=int, default=16, help="sequences generated together at most")
     p.add_argument("--max-tokens-limit", type=int, default=2048, help="largest max_tokens a request may ask for")
     p.add_argument("--precision", choices=choices(ModelConfig, "precision"), default="auto")
+    add_device_option(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for generation (default: torch's choice; 1 can be faster on a busy machine)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
@@ -51,12 +52,13 @@ def run(args) -> int:
         raise DianjingError("--max-batch, --max-tokens-limit, --max-waiting and --threads must be at least 1")
     if args.shutdown_timeout < 0:
         raise DianjingError("--shutdown-timeout must be 0 or more seconds")
-    check_port(args.host, args.port)  # before loading the model, which can take minutes
+    check_device(args.device)  # these two before loading the model, which can take minutes
+    check_port(args.host, args.port)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    models = load_models(args.targets, args.precision, log=log)
+    models = load_models(args.targets, args.precision, log=log, device=args.device)
     limits = Limits(max_tokens=args.max_tokens_limit, max_waiting=args.max_waiting)
     app = create_app(models, api_key=api_key, limits=limits, max_batch=args.max_batch,
                      loopback=args.host in LOOPBACK, cors_origins=tuple(args.cors_origin), log=log)

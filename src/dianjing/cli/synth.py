@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dianjing.cli.common import choices
+from dianjing.cli.common import add_device_option, check_device, choices
 from dianjing.teacher.settings import GenerateSettings
 
 
@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
                    help="staged self-instruct (default) or one-shot Alpaca-style batches")
     p.add_argument("--stage", default="all", choices=["instructions", "classify", "instances", "outputs", "all"],
                    help="run the stages up to this one and stop, to inspect the work folder (default: all)")
+    add_device_option(p, default=None, help="a local teacher (teacher.local_model): where it computes, auto "
+                                            "(CUDA when present, else Apple's MPS, else the CPU), cpu, cuda, cuda:N "
+                                            "or mps (default: teacher.device, auto)")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set teacher.max_concurrency=16 (repeatable)")
     p.set_defaults(func=run)
@@ -34,13 +37,15 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from dianjing.cli import log
+    from dianjing.errors import ConfigError
     from dianjing.teacher.pipeline import Synth
     from dianjing.teacher.settings import check_teacher, load_synth_config
 
     overrides = []
     for flag, key in (("teacher_url", "teacher.base_url"), ("teacher_model", "teacher.model"),
                       ("seeds", "generate.seeds"), ("out", "output.out"),
-                      ("num_instructions", "generate.num_instructions"), ("mode", "generate.mode")):
+                      ("num_instructions", "generate.num_instructions"), ("mode", "generate.mode"),
+                      ("device", "teacher.device")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -48,6 +53,11 @@ def run(args) -> int:
     if args.teacher_url is not None:  # a URL on the command line wins over a local model in the YAML
         cfg.teacher.local_model = None
     check_teacher(cfg)
+    if cfg.teacher.local_model:  # a GPU this machine lacks fails now, not after the first stage's prompts
+        check_device(cfg.teacher.device, key="--device" if args.device is not None else "teacher.device")
+    elif args.device is not None:
+        raise ConfigError("--device is for a local teacher (teacher.local_model); a server teacher computes "
+                          "wherever its server runs", fix="leave --device out, or use --set teacher.local_model=PATH")
     synth = Synth(cfg, log)
     log(f"teacher: {cfg.teacher.base_url or 'local ' + str(cfg.teacher.local_model)}"
         f"{' model ' + cfg.teacher.model if cfg.teacher.model else ''}; terms of use: {cfg.teacher.terms_of_use}")

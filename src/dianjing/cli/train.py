@@ -14,13 +14,77 @@ def add_parser(sub) -> None:
     add_config_options(p)
     p.add_argument("--output-dir", "-o", help="run folder (default: runs/<date>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete checkpoint")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train in N processes on this machine (N GPUs, or N CPU processes with gloo): runs "
+                        "`torchrun --standalone --nproc-per-node N -m dianjing train ...` for you")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import os
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args.nproc, args.argv)
+    if args.nproc < 1:
+        from dianjing.errors import DianjingError
+
+        raise DianjingError(f"--nproc {args.nproc}: the number of processes is at least 1", fix="--nproc 2, say")
+    if "WORLD_SIZE" not in os.environ:
+        return _train(args)
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_train)(args)  # under torchrun: a failing rank's traceback reaches torchrun's report
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """torchrun with N processes on this machine, each running this same command (without --nproc)."""
+    import subprocess
+    import sys
+
+    from dianjing.cli import log
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "dianjing", *rest]
+    log(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} -m dianjing "
+        + " ".join(rest))
+    code = subprocess.call(cmd)
+    if code != 0:
+        run_dir = _value(rest, "--resume") or _value(rest, "--output-dir", "-o") or "RUN_DIR"
+        log(f"error: the run stopped: a process failed (torchrun's report above names the rank and its exit "
+            f"code or traceback); the last complete checkpoint is kept in {run_dir}/checkpoints/\n"
+            f"  fix: see the first error above, then `dianjing train --nproc {nproc} --resume {run_dir}` "
+            "continues from that checkpoint")
+    return code
+
+
+def _value(argv: list[str], *names: str) -> str | None:
+    """The value of the last of these options in argv (`--opt V` or `--opt=V`)."""
+    found = None
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                found = argv[i + 1]
+            elif a.startswith(n + "="):
+                found = a.split("=", 1)[1]
+    return found
+
+
+def _train(args) -> int:
+    import os
+
     from dianjing.cli import log
     from dianjing.train.loop import resume, train
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun one process speaks: rank 0
+        log = lambda *_: None  # noqa: E731
     if args.resume:
         run_dir, summary = resume(Path(args.resume), log=log)
     else:
@@ -30,7 +94,9 @@ def run(args) -> int:
         run_dir, summary = train(cfg, log=log)
     log(f"\ndone: {summary['steps']} steps, {summary['tokens']} tokens "
         f"({summary['supervised_tokens']} supervised) in {summary['wall_time_s']:.0f}s, "
-        f"{summary['tokens_per_s']:.0f} tokens/s, peak memory {summary['peak_rss_mb'] / 1024:.1f} GiB")
+        f"{summary['tokens_per_s']:.0f} tokens/s, peak memory {summary['peak_rss_mb'] / 1024:.1f} GiB"
+        + (f" (RAM), {summary['peak_device_memory_mb'] / 1024:.1f} GiB on {summary['device']}"
+           if summary.get("peak_device_memory_mb") else ""))
     log(f"run folder: {run_dir}")
     if summary.get("task", "sft") == "sft":
         log(f"try it:     dianjing chat {run_dir}")
@@ -38,5 +104,6 @@ def run(args) -> int:
         if summary.get("final_eval"):
             log("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["final_eval"].items()))
         log(f"try it:     dianjing predict {run_dir} FILE   |   dianjing eval {run_dir} --data FILE")
-    print(run_dir)
+    if os.environ.get("RANK", "0") == "0":
+        print(run_dir)
     return 0

@@ -2,6 +2,11 @@
 
 Length-grouped order (the default) sorts examples by length inside shuffled windows of
 many batches, so a batch holds examples of similar length and little padding is computed.
+Packed batches (`train.batching: packed`) are the same batches laid end to end in one row,
+with no padding at all: position ids restart at each example, which transformers turns into
+a block-diagonal causal mask (sdpa and eager: a dense mask; flex attention: a block mask
+that skips the blocks between examples; FlashAttention 2: variable-length kernels), so an
+example never attends to another.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ def epoch_order(lengths: list[int], batch_size: int, epoch: int, seed: int, mode
     so a resumed run sees exactly the batches an uninterrupted one would."""
     idx = list(range(len(lengths)))
     rng = random.Random(seed * 1_000_003 + epoch)
+    mode = "length_grouped" if mode == "packed" else mode  # packed: the same batches, without padding
     if mode == "sequential":
         return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
     rng.shuffle(idx)
@@ -45,3 +51,16 @@ def collate(examples: list[Rendered], pad_id: int) -> dict[str, torch.Tensor]:
         attn[row, :L] = 1
         mask[row, :L] = torch.tensor(e.mask, dtype=torch.bool)
     return {"input_ids": ids, "attention_mask": attn, "mask": mask}
+
+
+def collate_packed(examples: list[Rendered], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row: the examples end to end, `position_ids` restarting at each (the model keeps them
+    apart), no padding. No example's first token is a target: it follows the previous example."""
+    ids, pos, mask = [], [], []
+    for e in examples:
+        ids += e.input_ids
+        pos += range(len(e.input_ids))
+        mask += [False] + [bool(m) for m in e.mask[1:]]
+    row = torch.tensor([ids], dtype=torch.long)
+    return {"input_ids": row, "position_ids": torch.tensor([pos], dtype=torch.long),
+            "attention_mask": torch.ones_like(row), "mask": torch.tensor([mask], dtype=torch.bool)}

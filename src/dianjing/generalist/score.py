@@ -116,27 +116,29 @@ def option_logprobs(model, batch, first_logits: torch.Tensor, conts: list[list[l
     """
     from dianjing.infer.generate import CACHE, select
 
+    dev = batch.mask.device  # the model's: every tensor below is made there, the floats come back by .tolist()
     first = torch.log_softmax(first_logits.float(), dim=-1)
     rows = [(i, j) for i, opts in enumerate(conts) for j in range(len(opts))]
-    out: list[list[list[float]]] = [[[float(first[i, o[0]])] for o in opts] for i, opts in enumerate(conts)]
+    firsts = first[torch.tensor([i for i, _ in rows], dtype=torch.long, device=dev),
+                   torch.tensor([conts[i][j][0] for i, j in rows], dtype=torch.long, device=dev)].tolist()
+    out: list[list[list[float]]] = [[] for _ in conts]
+    for (i, _), lp0 in zip(rows, firsts):
+        out[i].append([lp0])
     rows = [(i, j) for i, j in rows if len(conts[i][j]) > 1]
     for s in range(0, len(rows), max_rows):
         chunk = rows[s:s + max_rows]
         kv = select(copy.deepcopy(batch), [i for i, _ in chunk])
         tails = [conts[i][j][:-1] for i, j in chunk]  # inputs: every option token but the last
         length = max(len(t) for t in tails)
-        ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), length), dtype=torch.long)
-        for r, t in enumerate(tails):
-            ids[r, :len(t)] = torch.tensor(t)
-            mask[r, :len(t)] = 1
-        pos = kv.mask.sum(-1, keepdim=True) + torch.arange(length)[None, :]
+        ids = torch.tensor([list(t) + [pad_id] * (length - len(t)) for t in tails], dtype=torch.long, device=dev)
+        mask = torch.tensor([[1] * len(t) + [0] * (length - len(t)) for t in tails], dtype=torch.long, device=dev)
+        pos = kv.mask.sum(-1, keepdim=True) + torch.arange(length, device=dev)[None, :]
         logits = model(input_ids=ids, attention_mask=torch.cat([kv.mask, mask], dim=1), position_ids=pos,
                        use_cache=True, **{CACHE: kv.cache}).logits
         lp = torch.log_softmax(logits.float(), dim=-1)
         for r, (i, j) in enumerate(chunk):
-            targets = torch.tensor(conts[i][j][1:])
-            out[i][j] += lp[r, torch.arange(len(targets)), targets].tolist()
+            targets = torch.tensor(conts[i][j][1:], dtype=torch.long, device=dev)
+            out[i][j] += lp[r, torch.arange(len(targets), device=dev), targets].tolist()
     return out
 
 

@@ -3,6 +3,11 @@
 `stream` generates for one prompt (used by `dianjing chat`). The batched functions below
 (`prefill`, `decode_step`, `merge`, `select`, `trim`) keep many sequences in one left-padded
 KV cache, so `dianjing serve` can add and drop requests between steps (continuous batching).
+
+Every tensor they make (input ids, masks, positions, row indices) is made on the model's device:
+`model_device(model)`, or for a running batch the device of its mask, which prefill made there.
+The sampled tokens come back to Python as ints.
+Seeded generators stay on the CPU, so a seed draws the same uniform numbers on any device.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ def prompt_ids(tokenizer, template: ChatTemplate, messages: list[dict]) -> list[
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def model_device(model) -> torch.device:
+    """The device a model's weights are on: where every tensor fed to it is created."""
+    dev = getattr(model, "device", None)  # transformers models (and PEFT models, through their base)
+    if isinstance(dev, torch.device):
+        return dev
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return param.device if param is not None else torch.device("cpu")
+
+
 def eos_ids(model, tokenizer) -> set[int]:
     """Token ids that end an answer: the tokenizer's EOS plus the model's generation_config EOS ids."""
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -70,7 +84,9 @@ def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
             probs, order = full.sort(descending=True)
         probs = probs * (probs.cumsum(0) - probs < p.top_p)
     cdf = probs.cumsum(0)
-    u = torch.rand(1, generator=gen, dtype=cdf.dtype) * cdf[-1]
+    # drawn where the generator lives (a seeded one is on the CPU, so a seed draws the same u on any device)
+    u = torch.rand(1, generator=gen, dtype=cdf.dtype, device=gen.device if gen is not None else cdf.device)
+    u = u.to(cdf.device) * cdf[-1]
     i = min(int(torch.searchsorted(cdf, u, right=True)), len(cdf) - 1)
     return int(order[i]) if order is not None else i
 
@@ -155,7 +171,8 @@ def stream(model, tokenizer, ids: list[int], params: SamplingParams,
     eos = eos_ids(model, tokenizer)
     text = TextStream(tokenizer, (*stop_strings, *params.stop))
     past = None
-    inp = torch.tensor([ids], dtype=torch.long)
+    dev = model_device(model)
+    inp = torch.tensor([ids], dtype=torch.long, device=dev)
     for _ in range(params.max_new_tokens):
         res = model(input_ids=inp, use_cache=True, **{CACHE: past})
         past = getattr(res, CACHE)
@@ -167,7 +184,7 @@ def stream(model, tokenizer, ids: list[int], params: SamplingParams,
             yield piece
         if text.stopped:
             return
-        inp = torch.tensor([[nxt]])
+        inp = torch.tensor([[nxt]], dtype=torch.long, device=dev)
     piece = text.finish()
     if piece:
         yield piece
@@ -230,12 +247,9 @@ def prefill(model, rows: list[list[int]], pad_id: int) -> tuple[KVBatch, torch.T
     Returns the batch and the logits for each row's next token, [rows, vocab].
     """
     length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, length - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, length - len(r):] = 1
+    dev = model_device(model)  # built as lists and copied to the device once, not row by row
+    ids = torch.tensor([[pad_id] * (length - len(r)) + list(r) for r in rows], dtype=torch.long, device=dev)
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=dev)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     return KVBatch(getattr(out, CACHE), mask), out.logits[:, -1]
@@ -246,7 +260,8 @@ def decode_step(model, batch: KVBatch, tokens: list[int]) -> torch.Tensor:
     """Feed one token per row (extends `batch` in place); returns the next-token logits [rows, vocab]."""
     batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.rows, 1))], dim=1)
     pos = batch.mask.sum(-1, keepdim=True) - 1
-    out = model(input_ids=torch.tensor(tokens, dtype=torch.long)[:, None], attention_mask=batch.mask,
+    ids = torch.tensor(tokens, dtype=torch.long, device=batch.mask.device)[:, None]  # the cache's device
+    out = model(input_ids=ids, attention_mask=batch.mask,
                 position_ids=pos, use_cache=True, **{CACHE: batch.cache})
     batch.cache = getattr(out, CACHE)
     return out.logits[:, -1]
@@ -283,7 +298,7 @@ def merge(a: KVBatch, b: KVBatch) -> KVBatch:
 
 def select(batch: KVBatch, keep: list[int]) -> KVBatch:
     """Keep only the rows `keep` (in that order), then drop padding no row needs."""
-    idx = torch.tensor(keep, dtype=torch.long)
+    idx = torch.tensor(keep, dtype=torch.long, device=batch.mask.device)
     for layer in _layers(batch.cache):
         layer.keys, layer.values = layer.keys[idx], layer.values[idx]
     return trim(KVBatch(batch.cache, batch.mask[idx]))

@@ -16,8 +16,14 @@ def is_run(path: str | Path) -> bool:
     return is_chat_run(path)
 
 
-def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=print, command: str = "dianjing chat"):
-    """Returns (model, tokenizer, template) ready for generation: a chat run, or a bare model."""
+def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=print, command: str = "dianjing chat",
+             device: str = "auto"):
+    """Returns (model, tokenizer, template) ready for generation: a chat run, or a bare model.
+
+    The model is on `device` (auto | cpu | cuda | cuda:N | mps, see dianjing.precision), which is
+    resolved before anything is read, so a device this machine lacks fails at once, naming --device."""
+    prec = for_inference(precision, device)
+    dtype = prec.frozen
     p = Path(path)
     run = RunFolder(p)
     kind = run.kind()
@@ -25,7 +31,6 @@ def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=
         info = run.info()
         tok = load_tokenizer(str(run.tokenizer), log=lambda *_: None)
         template = run.template()
-        dtype = for_inference(precision).frozen
         if kind == CHAT_FULL:
             model = load_model(str(run.model), dtype)
         else:
@@ -36,7 +41,7 @@ def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=
                 model = PeftModel.from_pretrained(base, str(run.adapter))
             if merge and info["method"] in ("lora", "dora", "ia3"):
                 model = model.merge_and_unload()
-        model.eval()
+        model.to(prec.device).eval()
         return model, tok, template
     if kind in (SPECIALIST, UNFINISHED) or (p.is_dir() and not (p / "config.json").exists()):
         run.require(CHAT_ADAPTER, CHAT_FULL, command=command)  # says what the folder is and what fits it
@@ -44,6 +49,6 @@ def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=
     tok = load_tokenizer(path_or_id, log=log)
     template, why = choose_template("auto", tok)
     log(why)
-    model = load_model(path_or_id, for_inference(precision).frozen)
+    model = load_model(path_or_id, dtype).to(prec.device)
     model.eval()
     return model, tok, template

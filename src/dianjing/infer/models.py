@@ -62,15 +62,18 @@ def _served(name: str, adapter: str | None, model, tok, template: ChatTemplate) 
     return Served(name, adapter, tok, template, eos_ids(model, tok))
 
 
-def load_models(targets: list[str], precision: str = "auto", log: Callable[[str], None] = print) -> ModelSet:
-    """Load run folders that share a base model (as named adapters), or one bare model / full run."""
+def load_models(targets: list[str], precision: str = "auto", log: Callable[[str], None] = print,
+                device: str = "auto") -> ModelSet:
+    """Load run folders that share a base model (as named adapters), or one bare model / full run, onto
+    `device` (auto | cpu | cuda | cuda:N | mps; resolved first, so a missing GPU fails before any loading)."""
+    prec = for_inference(precision, device)
     runs = [Path(t) for t in targets if is_run(t)]
     bare = [t for t in targets if not is_run(t)]
     if not runs:
         if len(bare) > 1:
             raise DianjingError(f"serve takes one bare model, got {len(bare)}: {', '.join(bare)}",
                                 fix="start one server per model (each with its own --port)")
-        model, tok, template = load_run(bare[0], precision, log=log, command="dianjing serve")
+        model, tok, template = load_run(bare[0], precision, log=log, command="dianjing serve", device=device)
         return ModelSet(model, [_served(BASE, None, model, tok, template)])
     names = [p.resolve().name for p in runs]
     if len(set(names)) < len(names) or BASE in names:
@@ -86,7 +89,7 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
             raise DianjingError(f"{p} has a {info['method']} adapter; serve supports {', '.join(ADAPTER_METHODS)} "
                                 "adapters and full fine-tunes", fix=f"talk to it with: dianjing chat {p}")
     if infos[runs[0]]["method"] == "full":
-        model, tok, template = load_run(runs[0], precision, log=log, command="dianjing serve")
+        model, tok, template = load_run(runs[0], precision, log=log, command="dianjing serve", device=device)
         return ModelSet(model, [_served(names[0], None, model, tok, template)])
     bases = {info["base_model"] for info in infos.values()}
     if len(bases) > 1:
@@ -106,7 +109,7 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
                             "holds adapters of one type", fix="serve each type in its own server")
     from peft import PeftModel
 
-    model = load_model(base_path, for_inference(precision).frozen)
+    model = load_model(base_path, prec.frozen)
     served = []
     for i, (p, name) in enumerate(zip(runs, names)):
         adapter = f"adapter_{i}"  # PEFT adapter names become module keys: no dots allowed, so not `name`
@@ -123,5 +126,5 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
     template, why = choose_template("auto", tok)
     log(f"serving {BASE} ({base_path}); {why}")
     served.append(_served(BASE, None, model, tok, template))
-    model.eval()
+    model.to(prec.device).eval()  # the base and every adapter on it
     return ModelSet(model, served)

@@ -4,7 +4,8 @@
 A run folder's specialist.json says how its head reads data (task settings, max_length) and
 which labels it knows; new data is read with those settings, examples whose labels or tag
 types the head never saw are refused or counted (data.on_error), and the head predicts and
-scores the rest (metrics from eval.metrics, through Head.score).
+scores the rest (metrics from eval.metrics, through Head.score). The model computes on the
+device `--device` names (load_head moves it there; Head.logits_of moves each batch).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from dianjing.config import RunConfig
 from dianjing.data import specialist_readers as sd
 from dianjing.errors import DataError
+from dianjing.precision import device as resolve_device
 from dianjing.specialist.task import Head, load_head, read_examples
 
 
@@ -45,9 +47,11 @@ def keep_known(head: Head, examples: list, report: sd.ReadReport, on_error: str)
 
 
 def read_for_head(run_dir: Path, paths: list[str], on_error: str, require_labels: bool, log=print,
-                  command: str = "dianjing eval") -> tuple[Head, list, sd.ReadReport]:
-    """Load a run's head and read `paths` as it was trained to read them (labels checked when required)."""
-    head, info = load_head(Path(run_dir), log=log, command=command)
+                  command: str = "dianjing eval", device: str = "auto") -> tuple[Head, list, sd.ReadReport]:
+    """Load a run's head onto `device` and read `paths` as it was trained to read them (labels checked
+    when required). The device is resolved first: one this machine lacks fails before anything loads."""
+    resolve_device(device, key="--device")  # load_head resolves it again, naming model.device
+    head, info = load_head(Path(run_dir), log=log, command=command, device=device)
     cfg = config_from_info(info, on_error)
     examples, report = read_examples(cfg, paths, require_labels=require_labels, log=log)
     if require_labels:
@@ -56,13 +60,13 @@ def read_for_head(run_dir: Path, paths: list[str], on_error: str, require_labels
 
 
 def evaluate(run_dir: Path, paths: list[str], on_error: str = "skip", batch_size: int = 16,
-             out: Path | None = None, log=print) -> tuple[dict, Path]:
+             out: Path | None = None, log=print, device: str = "auto") -> tuple[dict, Path]:
     """Score a specialist run on labelled files; the result is written to `out` (default RUN/eval/<file>.json).
 
     Returns the result ({run, task, data, scores, data_report}) and where it was written.
     """
     run_dir = Path(run_dir)
-    head, examples, report = read_for_head(run_dir, paths, on_error, require_labels=True, log=log)
+    head, examples, report = read_for_head(run_dir, paths, on_error, require_labels=True, log=log, device=device)
     if not examples:
         raise DataError("no labelled example left to score", file=paths[0])
     scores = head.score(examples, head.predict(examples, batch_size))
@@ -75,13 +79,13 @@ def evaluate(run_dir: Path, paths: list[str], on_error: str = "skip", batch_size
 
 
 def predict(run_dir: Path, paths: list[str], on_error: str = "stop", batch_size: int = 16,
-            log=print) -> list[dict]:
+            log=print, device: str = "auto") -> list[dict]:
     """One prediction per readable record of `paths`, each {"where": file:line, **prediction}.
 
     Labels in the files, if any, are ignored: nothing is checked against the run's labels.
     """
     head, examples, _ = read_for_head(Path(run_dir), paths, on_error, require_labels=False, log=log,
-                                      command="dianjing predict")
+                                      command="dianjing predict", device=device)
     preds = head.predict(examples, batch_size)
     return [{"where": ex.where, **p} for ex, p in zip(examples, preds)]
 

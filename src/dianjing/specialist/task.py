@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from dianjing.config import RunConfig
 from dianjing.data.load import split_eval
 from dianjing.errors import DianjingError
-from dianjing.precision import Precision, for_training, from_name
+from dianjing.precision import Precision, for_training, from_name, to_device
 from dianjing.data import specialist_readers as sd
 from dianjing.eval import metrics as sm
 from dianjing.models import heads
@@ -117,9 +117,9 @@ class Head:
         by_index: dict[int, torch.Tensor] = {}
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            batch = self.collate([feats[i] for i in idx])
+            batch = to_device(self.collate([feats[i] for i in idx]), self.precision.device)
             with self.precision.autocast():
-                lg = heads.head_logits(self.model, batch).float()
+                lg = heads.head_logits(self.model, batch).float().cpu()
             for r, i in enumerate(idx):
                 by_index[i] = lg[r, : len(feats[i].input_ids)] if lg.dim() > 2 else lg[r]
         out = [by_index[i] for i in range(len(feats))]
@@ -281,7 +281,7 @@ def setup(cfg: RunConfig, model_path: str, tokenizer, prec: Precision, log=print
 
 
 # -- run folders -----------------------------------------------------------------------
-def load_head(run_dir: Path, log=print, command: str = "dianjing eval") -> tuple[Head, dict]:
+def load_head(run_dir: Path, log=print, command: str = "dianjing eval", device: str = "auto") -> tuple[Head, dict]:
     from dianjing.models.load import load_tokenizer
     from dianjing.run_folder import SPECIALIST, RunFolder
 
@@ -297,8 +297,8 @@ def load_head(run_dir: Path, log=print, command: str = "dianjing eval") -> tuple
     # compute as the run trained: its dtype for the frozen body, fp32 for the head and trained weights
     full = info["adapter"]["method"] == "full"
     prec = for_training("bf16" if from_name(info.get("dtype", "float32")) == torch.bfloat16 else "fp32",
-                        full=full, fp32_head=True)
-    model = smodel.load(spec, info, prec.load_dtype(trains_base=full), log=log)
+                        full=full, fp32_head=True, device_setting=device)
+    model = smodel.load(spec, info, prec.load_dtype(trains_base=full), log=log).to(prec.device)
     from dianjing.config import TaskConfig
 
     head = Head(info["task"]["type"], tok, model, info["labels"], info["max_length"], TaskConfig(**info["task"]),
@@ -314,9 +314,14 @@ def build(ctx):
     from dianjing.train.setup import Setup, base_summary, trainable
 
     cfg, log = ctx.cfg, ctx.log
+    if cfg.train.batching == "packed":
+        from dianjing.errors import ConfigError
+
+        raise ConfigError("train.batching: packed is for chat fine-tuning; a specialist's head reads one "
+                          "example per row", fix="use train.batching: length_grouped")
     data, head, train_feats, eval_feats, _ = setup(cfg, ctx.model_path, ctx.tokenizer, ctx.precision, log=log,
                                                    random_init=cfg.model.random_init)
-    model = head.model
+    model = head.model.to(ctx.precision.device)
     if cfg.model.gradient_checkpointing:
         body = model.backbone if hasattr(model, "backbone") else model
         if hasattr(body, "gradient_checkpointing_enable") or hasattr(body, "activation_checkpointing_enable"):
@@ -342,7 +347,7 @@ def build(ctx):
         return {k: float(v) for k, v in r.items()
                 if isinstance(v, (int, float)) and k not in ("count", "support", "missing", "extra")}
 
-    def save(run) -> None:
+    def save(run, state_dict: dict | None = None) -> None:  # never sharded: see train.distributed.choose
         smodel.save(model, run.specialist, head.info(cfg, ctx.model_path, dtype))
         ctx.tokenizer.save_pretrained(str(run.tokenizer))
 

@@ -309,7 +309,7 @@ class LocalTeacher(Teacher):
 
         if self._loaded is None:
             self.log(f"loading the local teacher {self.model}")
-            self._loaded = load_run(self.model, self.s.precision, log=self.log)
+            self._loaded = load_run(self.model, self.s.precision, log=self.log, device=self.s.device)
         model, tok, template = self._loaded
         seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)  # the same request samples the same way
         params = SamplingParams(body["max_tokens"], body["temperature"], body["top_p"], list(body.get("stop") or []),

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 # _Strict: the one pydantic base of every config model (extra="forbid", validate_assignment)
-from dianjing.config import _Strict, read_yaml_tree, validate
+from dianjing.config import DEVICE_PATTERN, _Strict, read_yaml_tree, validate
 from dianjing.errors import ConfigError
 
 
@@ -27,6 +27,9 @@ class TeacherSettings(_Strict):
     local_model: str | None = Field(None, description="no base_url: generate with this model (folder, run, alias) "
                                                       "through transformers")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
+                        description="local_model: where it computes, auto (CUDA when present, else MPS, else the "
+                                    "CPU) | cpu | cuda | cuda:N | mps")
     max_concurrency: int = Field(8, ge=1, description="requests in flight at once")
     timeout_s: float = Field(120.0, gt=0, description="give up on one attempt after this long")
     max_retries: int = Field(5, ge=0, description="retries after a 429, a 5xx, a timeout or a connection error")

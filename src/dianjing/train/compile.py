@@ -42,8 +42,9 @@ def find_blocks(model) -> list[torch.nn.Module]:
     return best
 
 
-def decide(setting: str, model) -> tuple[bool, str]:
-    """Whether to compile, and why (for the log)."""
+def decide(setting: str, model, device: torch.device | None = None) -> tuple[bool, str]:
+    """Whether to compile, and why (for the log). On a GPU inductor writes Triton kernels (it needs
+    the triton package); on the CPU, C++ ones (it needs a C++ compiler)."""
     if setting == "off":
         return False, "compile: off (train.compile)"
     blocks = find_blocks(model)
@@ -52,7 +53,14 @@ def decide(setting: str, model) -> tuple[bool, str]:
     if setting == "on":
         return True, f"compile: {len(blocks)} blocks with torch.compile (train.compile: on)"
     n = sum(p.numel() for p in model.parameters())
-    if _cxx() is None:
+    if device is not None and device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            return False, "compile: off (torch.compile on a GPU needs the triton package: pip install triton)"
+    elif device is not None and device.type == "mps":
+        return False, "compile: off (inductor's MPS backend is experimental; train.compile: on tries it)"
+    elif _cxx() is None:
         return False, ("compile: off (no C++ compiler for torch.compile on CPU; install g++ for ~20% faster "
                        "steps, or set train.compile: off to silence this)")
     if n < AUTO_MIN_PARAMS:

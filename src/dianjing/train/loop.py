@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -27,6 +28,8 @@ from dianjing.routes import builder_for
 from dianjing.run_folder import RunFolder
 from dianjing.train import checkpoint as ckpt
 from dianjing.train.compile import eager as compile_eager
+from dianjing.train.compile import find_blocks
+from dianjing.train.distributed import Engine, World, choose, remap_groups, share
 from dianjing.train.setup import Context
 from dianjing.train.progress import Progress
 
@@ -86,10 +89,18 @@ class Trainer:
     returns the Setup: the loop reads the model, data, loss and saving from there only.
     """
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, log=print):
-        self.cfg, self.run_dir, self.log = cfg, run_dir, log
+    def __init__(self, cfg: RunConfig, run_dir: Path, log=print, world: World | None = None):
+        self.world = world or World()
+        self.cfg, self.run_dir = cfg, run_dir
+        self.log = log if self.world.main else (lambda *_: None)  # one voice: rank 0's
+        log = self.log
         self.folder = RunFolder(run_dir)
         t = cfg.train
+        if self.world.size > t.batch_size:
+            raise DianjingError(f"train.batch_size {t.batch_size} is smaller than the {self.world.size} processes: "
+                                "each process needs at least one example of every micro-batch",
+                                fix=f"set train.batch_size to {self.world.size} or more (it counts examples over "
+                                    "all processes), or start fewer processes")
         if t.threads:
             torch.set_num_threads(t.threads)
         if t.malloc_mmap_threshold_mb and not set_mmap_threshold(t.malloc_mmap_threshold_mb):
@@ -101,18 +112,23 @@ class Trainer:
         tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code, log=log)
         self.precision = precision.for_training(cfg.model.precision, full=cfg.adapter.method == "full",
                                                 adapter_compute=cfg.adapter.compute,
-                                                fp32_head=cfg.task.type != "sft")
+                                                fp32_head=cfg.task.type != "sft", device_setting=cfg.model.device)
         # "auto" is a speed measurement and can come out differently under load: pin what this run
-        # uses, so that a resumed run computes in the same precision as the steps before it
+        # uses, so that a resumed run computes in the same precision (and on the same kind of device)
         self._pin(cfg.model, "precision", self.precision.name)
+        self._pin(cfg.model, "device", precision.pinned(cfg.model.device, self.precision.device))
+        self.device = self.precision.device
+        log(f"device: {self.device} ({precision.device_name(self.device)})"
+            + (f", process {self.world.rank + 1} of {self.world.size}" if self.world.many else ""))
         ctx = Context(cfg, self.folder, model_path, tokenizer, self.precision, log, self._pin)
         self.setup = builder_for(cfg.task.type)(ctx).check(cfg.task.type)
         self.model, self.train_set, self.eval_set = self.setup.model, self.setup.train_set, self.setup.eval_set
         self.compiled = self.setup.compiled
+        self.engine = self._engine()
 
         # optimiser and schedule
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.setup.param_groups, lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.param_groups, lr=t.lr, weight_decay=t.weight_decay)
         self.lengths = [len(e.input_ids) for e in self.train_set]
         self.batches_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
         self.steps_per_epoch = max(1, self.batches_per_epoch // t.grad_accum)
@@ -129,25 +145,46 @@ class Trainer:
         if getattr(section, key) != "auto":
             return
         setattr(section, key, value)
-        if self.folder.config.exists():
+        if self.folder.config.exists() and self.world.main:
             self.folder.config.write_text(dump_config(self.cfg), encoding="utf-8")
 
+    def _engine(self) -> Engine:
+        """The forward the loop calls: the route's loss, under DDP or FSDP2 when there are many processes."""
+        full = self.cfg.adapter.method == "full"
+        n_params = sum(p.numel() for p in self.model.parameters())
+        mode, why = choose(self.cfg.train.parallel, full, n_params, self.device, self.world,
+                           shardable=self.cfg.task.type == "sft")
+        self.log(why)
+        if mode != "none":
+            self._pin(self.cfg.train, "parallel", mode)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        engine = Engine(self.model, self.setup.loss, mode, self.world, self.device,
+                        blocks=find_blocks(self.model) if mode == "fsdp" else None,
+                        bf16=self.precision.dtype == torch.bfloat16)
+        # FSDP2 puts sharded parameters in place of the originals: the optimizer takes those
+        self.param_groups = remap_groups(self.setup.param_groups, names, self.model) if mode == "fsdp" \
+            else self.setup.param_groups
+        self.sharded = mode == "fsdp"
+        return engine
+
     # -- data position -------------------------------------------------------------
-    def micro_batch(self, k: int) -> dict:
-        """The k-th micro-batch of the run, counted across epochs."""
+    def micro_batch(self, k: int) -> tuple[dict, float]:
+        """This process's part of the k-th micro-batch of the run (counted across epochs), and its weight
+        (0 for a stand-in: a process left without examples by a short last batch)."""
         epoch, i = divmod(k, self.batches_per_epoch)
         if epoch not in self._orders:
             self._orders = {epoch: epoch_order(self.lengths, self.cfg.train.batch_size, epoch,
                                                self.cfg.train.seed, self.cfg.train.batching)}
-        idx = self._orders[epoch][i]
-        return self.setup.collate([self.train_set[j] for j in idx])
+        idx, weight = share(self._orders[epoch][i], self.world)
+        return self.setup.collate([self.train_set[j] for j in idx]), weight
 
     def _forward(self, batch):
         with self.precision.autocast():
-            return self.setup.loss(batch)
+            return self.engine(precision.to_device(batch, self.device))
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
+        """Held-out loss per target; each process scores its share of every eval batch."""
         if not self.eval_set:
             return None
         self.model.eval()
@@ -155,8 +192,10 @@ class Trainer:
         bs = self.cfg.train.batch_size
         with compile_eager() if self.compiled else contextlib.nullcontext():  # no second compile for no-grad
             for s in range(0, len(self.eval_set), bs):
-                loss, k = self._forward(self.setup.collate(self.eval_set[s:s + bs]))
-                tot, n = tot + float(loss), n + k
+                idx, weight = share(list(range(s, min(s + bs, len(self.eval_set)))), self.world)
+                loss, k = self._forward(self.setup.collate([self.eval_set[j] for j in idx]))
+                tot, n = tot + weight * float(loss), n + weight * k
+        tot, n = self.world.sum(tot, n)
         self.model.train()
         return tot / max(1, n)
 
@@ -169,13 +208,17 @@ class Trainer:
         state = self._start(resume)
         step = state["step"]
         t_start = time.perf_counter() - state["elapsed_s"]
-        bar = Progress(self.total_steps, start=step)
+        bar = Progress(self.total_steps, start=step, quiet=not self.world.main)
         window_t, window_tok = time.perf_counter(), 0
-        with open(self.folder.metrics, "a", encoding="utf-8") as metrics:
+        with (open(self.folder.metrics, "a", encoding="utf-8") if self.world.main else _Nowhere()) as metrics:
             while step < self.total_steps:
                 batches = [self.micro_batch(step * t.grad_accum + a) for a in range(t.grad_accum)]
-                n_targets = sum(self.setup.count_targets(b) for b in batches)
-                step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+                # counted on the host before the batches move, over all processes: the step's loss is
+                # divided by its global number of targets
+                n_targets, step_tokens = (int(x) for x in self.world.sum(
+                    sum(w * self.setup.count_targets(b) for b, w in batches),
+                    sum(w * int(b["attention_mask"].sum()) for b, w in batches)))
+                _fault_point("rank-dies", self.world.rank, step)
                 loss, gnorm = self._gradients(batches, n_targets)
                 if not (math.isfinite(loss) and math.isfinite(gnorm)):
                     step = self._skip_bad_step(step, state, loss, gnorm)
@@ -203,8 +246,7 @@ class Trainer:
                 if step % self.eval_every == 0 or step == self.total_steps:
                     self._evaluate_into(step, state, metrics, bar)
                 if step % self.save_every == 0 or step == self.total_steps:
-                    ckpt.save_checkpoint(self.folder.checkpoints, step, self.model, self.optimizer, self.scheduler,
-                                         state, t.keep_last_n)
+                    self._save_checkpoint(step, state)
         bar.close()
         return state
 
@@ -217,23 +259,31 @@ class Trainer:
             if last is None:
                 self.log("no complete checkpoint to resume from; starting from step 0")
             else:
-                state.update(ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler))
+                state.update(ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler,
+                                                  sharded=self.sharded))
                 self.log(f"resumed from {last.name} (step {state['step']})")
-        _truncate_metrics(self.folder.metrics, state["step"])
+        if self.world.main:
+            _truncate_metrics(self.folder.metrics, state["step"])
+        self.world.barrier()
         return state
 
-    def _gradients(self, batches: list[dict], n_targets: int) -> tuple[float, float]:
-        """Backward over the micro-batches, each loss divided by the step's targets; (loss, grad norm)."""
-        total_loss = 0.0
-        for b in batches:
-            loss_sum, _ = self._forward(b)
-            (loss_sum / max(1, n_targets)).backward()
-            total_loss += float(loss_sum.detach())
-        if self.cfg.train.max_grad_norm:
-            gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm))
-        else:
-            gnorm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.params if p.grad is not None)))
-        return total_loss / max(1, n_targets), gnorm
+    def _save_checkpoint(self, step: int, state: dict) -> None:
+        ckpt.save_checkpoint(self.folder.checkpoints, step, self.model, self.optimizer, self.scheduler, state,
+                             self.cfg.train.keep_last_n, world=self.world, sharded=self.sharded)
+
+    def _gradients(self, batches: list[tuple[dict, float]], n_targets: int) -> tuple[float, float]:
+        """Backward over the micro-batches, each loss divided by the step's global targets (the ranks'
+        gradients are summed on the last one); (loss, grad norm), the same on every process."""
+        total_loss = torch.zeros((), dtype=torch.float32 if self.device.type == "mps" else torch.float64,
+                                 device=self.device)
+        for a, (b, weight) in enumerate(batches):
+            with self.engine.sync(last=a == len(batches) - 1):
+                loss_sum, _ = self._forward(b)
+                ((loss_sum / max(1, n_targets)) * weight).backward()
+            total_loss += weight * loss_sum.detach().double()  # one host sync per step, not per micro-batch
+        (total,) = self.world.sum(float(total_loss))
+        gnorm = self.engine.clip(self.params, self.cfg.train.max_grad_norm)
+        return total / max(1, n_targets), gnorm
 
     def _skip_bad_step(self, step: int, state: dict, loss: float, gnorm: float) -> int:
         """A bad step changes nothing: gradients are dropped, the data moves on; too many in a row stop
@@ -247,8 +297,7 @@ class Trainer:
         if state["bad_steps"] >= t.max_bad_steps:
             state["step"] = step + 1  # the bad batches are not retried on resume
             self.scheduler.step()
-            ckpt.save_checkpoint(ckpt_root, step + 1, self.model, self.optimizer, self.scheduler, state,
-                                 t.keep_last_n)
+            self._save_checkpoint(step + 1, state)
             raise DianjingError(f"{state['bad_steps']} steps in a row had a NaN/inf loss or gradient; stopping",
                                 fix="lower train.lr, use model.precision=fp32, or check the data; the weights "
                                     f"before these steps are saved in {ckpt_root} (resume with --resume)")
@@ -262,7 +311,8 @@ class Trainer:
         if ev is None:
             return
         rec = {"step": step, "eval_loss": round(ev, 6), "elapsed_s": round(state["elapsed_s"], 3)}
-        scores = self.setup.eval_scores()
+        with self.engine.gathered():  # every process computes the same scores (FSDP2: their gathers pair up)
+            scores = self.setup.eval_scores()
         rec.update({f"eval_{k}": round(v, 6) for k, v in scores.items()})
         _write(metrics, rec)
         state["eval_loss"] = ev
@@ -272,12 +322,54 @@ class Trainer:
 
     # -- the run folder -------------------------------------------------------------
     def save_outputs(self, state: dict) -> dict:
-        """The route writes its weights; then summary.json, and run.json last (a run.json means finished)."""
-        self.setup.save(self.folder)
+        """The route writes its weights; then summary.json, and run.json last (a run.json means finished).
+        Rank 0 writes; under FSDP2 every process first helps gather the whole model."""
+        full_state = self.engine.full_state()
         summary = self.setup.summarize(state)
-        self.folder.write_summary(summary)
-        self.folder.write_info(self.setup.info)
+        summary.update(self._device_summary(state))
+        if self.world.main:
+            if full_state is not None:
+                self.setup.save(self.folder, state_dict=full_state)
+            else:
+                self.setup.save(self.folder)
+            self.folder.write_summary(summary)
+            self.folder.write_info(self.setup.info)
+        self.world.barrier()
         return summary
+
+    def _device_summary(self, state: dict) -> dict:
+        """Where the run computed, its peak device memory, and MFU against the device's measured matmul peak."""
+        dev, dtype = self.device, self.precision.dtype
+        flops = self.setup.flops_per_token * state["tokens"] + self.setup.flops_per_target * state["supervised_tokens"]
+        peak = precision.peak_gflops(dev, dtype) * 1e9 * self.world.size
+        return {"device": str(dev) if not self.world.many else dev.type, "device_name": precision.device_name(dev),
+                "processes": self.world.size, "parallel": self.engine.mode,
+                "peak_device_memory_mb": precision.peak_device_memory_mb(dev),
+                "matmul_peak_gflops": round(peak / 1e9, 1),
+                "mfu": round(flops / max(1e-9, state["elapsed_s"]) / peak, 4)}
+
+
+class _Nowhere(contextlib.nullcontext):
+    """The metrics file of a process that is not rank 0: writes go nowhere."""
+
+    def __enter__(self):
+        return self
+
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _fault_point(name: str, rank: int, step: int) -> None:
+    """Fault injection for the many-process tests: DIANJING_FAULT=rank-dies:RANK:STEP kills that rank
+    with SIGKILL as it starts that step (the others are then waiting for it in a collective)."""
+    want = os.environ.get("DIANJING_FAULT")
+    if want and want == f"{name}:{rank}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write(metrics, rec: dict) -> None:
@@ -320,8 +412,13 @@ def _disk_errors(run_dir: Path):
                                 "last complete checkpoint") from None
 
 
-def train(cfg: RunConfig, log=print) -> tuple[Path, dict]:
-    """Fine-tune according to cfg; returns the run folder and the summary."""
+def _world(cfg: RunConfig) -> World:
+    """This process's place under torchrun (joined to the process group), or a world of one."""
+    return World.from_env().start(precision.device(cfg.model.device), cfg.train.collective_timeout_s)
+
+
+def _new_run(cfg: RunConfig) -> Path:
+    """Rank 0's new run folder, with the run's config.yaml in it."""
     run_dir = _new_run_dir(cfg)
     _check_writable(run_dir)
     run = RunFolder(run_dir)
@@ -330,10 +427,30 @@ def train(cfg: RunConfig, log=print) -> tuple[Path, dict]:
                             fix=f"resume it with `dianjing train --resume {run_dir}` or choose another --output-dir")
     cfg.train.output_dir = str(run_dir)
     run.config.write_text(dump_config(cfg), encoding="utf-8")
-    trainer = Trainer(cfg, run_dir, log=log)
+    return run_dir
+
+
+def train(cfg: RunConfig, log=print) -> tuple[Path, dict]:
+    """Fine-tune according to cfg; returns the run folder and the summary. Under torchrun every
+    process calls this: rank 0 chooses and writes the folder, the others take its path."""
+    world = _world(cfg)
+    made: Path | DianjingError | None = None
+    if world.main:
+        try:
+            made = _new_run(cfg)
+        except DianjingError as e:
+            made = e
+    made = world.broadcast(made)  # a refusal on rank 0 ends every process with its message
+    if isinstance(made, DianjingError):
+        raise made
+    run_dir = made
+    cfg.train.output_dir = str(run_dir)
+    trainer = Trainer(cfg, run_dir, log=log, world=world)
     with _disk_errors(run_dir):
         state = trainer.run(resume=False)
-        return run_dir, trainer.save_outputs(state)
+        summary = trainer.save_outputs(state)
+    world.stop()
+    return run_dir, summary
 
 
 def resume(run_dir: Path, log=print) -> tuple[Path, dict]:
@@ -342,7 +459,9 @@ def resume(run_dir: Path, log=print) -> tuple[Path, dict]:
         raise DianjingError(f"{run_dir} is not a dianjing run folder (no config.yaml)",
                             fix="pass the folder that `dianjing train` printed")
     cfg = load_config(run.config)
-    trainer = Trainer(cfg, run_dir, log=log)
+    trainer = Trainer(cfg, run_dir, log=log, world=_world(cfg))
     with _disk_errors(run_dir):
         state = trainer.run(resume=True)
-        return run_dir, trainer.save_outputs(state)
+        summary = trainer.save_outputs(state)
+    trainer.world.stop()
+    return run_dir, summary

@@ -14,6 +14,7 @@ import torch
 
 CHUNK_ELEMENTS = 1 << 26  # logits computed per chunk: vocab × rows ≤ 64M floats (256 MB)
 _BUFFERS: dict = {}  # reused logits buffers: a fresh 256 MB block per chunk costs page faults
+REUSE_CPU_BUFFERS = True  # False runs the accelerator branch (plain tensors per chunk) on the CPU: its test
 
 
 def _buffer(rows: int, cols: int, dtype: torch.dtype, slot: int, capacity: int) -> torch.Tensor:
@@ -44,35 +45,38 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         chunk = max(1, min(n, CHUNK_ELEMENTS // vocab))
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
+        dev = h.device
         grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32) if need_w else None
-        grad_b = torch.zeros(vocab, dtype=torch.float32) if need_b else None
-        total = torch.zeros((), dtype=torch.float32)
-        on_cpu = h.device.type == "cpu"
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=dev) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=torch.float32, device=dev) if need_b else None
+        total = torch.zeros((), dtype=torch.float32, device=dev)
+        # on the CPU the logits live in reused blocks (page faults cost there); on a GPU the caching
+        # allocator already reuses memory, and each chunk's tensors are plain allocations
+        reuse = dev.type == "cpu" and REUSE_CPU_BUFFERS
         # bf16 frozen weights, or a bf16 body under autocast: the products run in bf16 (each
         # into its own reused block), the softmax in fp32
         cd = torch.bfloat16 if torch.bfloat16 in (weight.dtype, h.dtype) else torch.float32
         low = cd != torch.float32
-        wc = weight.to(cd) if on_cpu else weight
+        wc = weight.to(cd)
         cap = vocab * max(1, CHUNK_ELEMENTS // vocab)  # one block size whatever this batch's n
         for s in range(0, n, chunk):
-            hc, yc = h[s:s + chunk], targets[s:s + chunk]
+            hc, yc = h[s:s + chunk].to(cd), targets[s:s + chunk]  # the logits product and weight gradient share it
             m_ = hc.shape[0]
-            cols = torch.arange(m_, device=h.device)
-            if on_cpu:
-                hc = hc.to(cd)  # once per chunk: the logits product and the weight gradient share it
+            cols = torch.arange(m_, device=dev)
+            if reuse:
                 z = _buffer(vocab, m_, torch.float32, 0, cap)
                 zl = _buffer(vocab, m_, cd, 1, cap) if low else z
                 torch.mm(wc, hc.t(), out=zl)
                 if low:
                     z.copy_(zl)
             else:
-                z = (weight @ hc.t()).float()
+                zl = torch.mm(wc, hc.t())
+                z = zl.float() if low else zl
             if bias is not None:
                 z += bias.float()[:, None]
             if softcap:
                 z.div_(softcap).tanh_()
-                t = _buffer(vocab, m_, torch.float32, 2, cap).copy_(z) if on_cpu else z.clone()
+                t = _buffer(vocab, m_, torch.float32, 2, cap).copy_(z) if reuse else z.clone()
                 z.mul_(softcap)
             z_y = z[yc, cols]
             mx = z.amax(0, keepdim=True)
@@ -87,10 +91,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 z.mul_(t.square_().neg_().add_(1.0))
             if need_b:
                 grad_b += z.sum(1)
-            if on_cpu:
-                g = zl.copy_(z) if low else z  # back into the bf16 block: no new allocation
-            else:
-                g = z if weight.dtype == torch.float32 else z.to(weight.dtype)
+            g = zl.copy_(z) if low else z  # back into the bf16 block (or tensor): no new allocation
             if need_h:
                 grad_h[s:s + m_] = g.t() @ wc
             if need_w:
@@ -147,18 +148,21 @@ class SFTLoss:
         return ref.shape == z.shape and torch.allclose(ref, z, atol=1e-3 * max(1.0, ref.abs().max().item()))
 
     def __call__(self, batch: dict) -> tuple[torch.Tensor, int]:
-        ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["mask"]
+        ids, mask = batch["input_ids"], batch["mask"]
+        # a packed row: position ids keep its examples apart (a padding mask would join them)
+        where = {"position_ids": batch["position_ids"]} if "position_ids" in batch \
+            else {"attention_mask": batch["attention_mask"]}
         tmask = mask[:, 1:]
         targets = ids[:, 1:][tmask]
         n = int(targets.numel())
         if self.mode == "sparse":
-            h = self.decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+            h = self.decoder(input_ids=ids, use_cache=False, **where).last_hidden_state
             hs = h[:, :-1][tmask]
             w = self.head.weight
             b = getattr(self.head, "bias", None)
             loss = FusedLinearCrossEntropy.apply(hs, w, b, targets, self.softcap)
             return loss, n
-        logits = self.model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        logits = self.model(input_ids=ids, use_cache=False, **where).logits
         logits = logits[:, -ids.shape[1]:]  # prompt tuning prepends virtual tokens
         z = logits[:, :-1][tmask].float()
         return torch.nn.functional.cross_entropy(z, targets, reduction="sum"), n

@@ -7,9 +7,10 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, start: int = 0, stream=None):
+    def __init__(self, total: int, start: int = 0, stream=None, quiet: bool = False):
+        """quiet: show nothing (the processes other than rank 0 under torchrun)."""
         self.total, self.start = total, start
-        self.stream = stream or sys.stderr
+        self.stream = _Silent() if quiet else (stream or sys.stderr)
         self.live = self.stream.isatty()
         self.t0 = time.perf_counter()
         self.last_plain = 0.0
@@ -38,6 +39,17 @@ class Progress:
         if self.live:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class _Silent:
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 def _hms(s: float) -> str:

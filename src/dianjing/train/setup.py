@@ -56,7 +56,8 @@ class Setup:
     count_targets: Callable[[dict], int]
     flops_per_token: float  # useful FLOPs per input token (6 × body parameters)
     flops_per_target: float  # and per supervised target (6 × output-layer parameters for the sparse loss)
-    save: Callable[[RunFolder], None]  # write the trained weights, tokenizer (and template or head)
+    save: Callable[..., None]  # save(run, state_dict=None): the trained weights (FSDP2 passes the gathered
+    # whole model's state dict), tokenizer (and template or head)
     summarize: Callable[[dict], dict]  # the loop's state → summary.json
     info: dict  # run.json: base_model, model_name, method, dtype (and task)
     eval_scores: Callable[[], dict] = field(default=lambda: {})  # the task's own held-out metrics

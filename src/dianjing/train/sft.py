@@ -3,11 +3,11 @@ LM with an adapter (or fully fine-tuned), the fused sparse loss, compiled blocks
 
 from __future__ import annotations
 
-from dianjing.data.batching import collate
+from dianjing.data.batching import collate, collate_packed
 from dianjing.data.load import load_conversations, split_eval
 from dianjing.data.render import RenderStats, render_all
 from dianjing.data.templates import choose_template
-from dianjing.errors import DianjingError
+from dianjing.errors import ConfigError, DianjingError
 from dianjing.models.adapters import attach, count_params
 from dianjing.models.load import enable_checkpointing, load_model
 from dianjing.run_folder import RunFolder
@@ -22,6 +22,9 @@ def build(ctx: Context) -> Setup:
     if cfg.model.random_init:
         raise DianjingError("model.random_init is for specialist baselines; instruction tuning starts "
                             "from pre-trained weights", fix="remove model.random_init or set task.type")
+    if cfg.train.batching == "packed" and cfg.adapter.method == "prompt_tuning":
+        raise ConfigError("train.batching: packed cannot be used with prompt tuning: its virtual tokens would "
+                          "come before the first example of a row only", fix="use train.batching: length_grouped")
     template, why = choose_template(cfg.data.template, ctx.tokenizer)
     log(why)
     train_set, eval_set, stats, load_report = _data(ctx, template)
@@ -31,7 +34,7 @@ def build(ctx: Context) -> Setup:
     if ctx.precision.autocast_dtype is not None and cfg.adapter.method != "full":
         _keep_bf16_inputs(model)
     # after the loss check above, so that its no-grad forward is not what gets compiled
-    compiled, why = compile_decide(cfg.train.compile, model)
+    compiled, why = compile_decide(cfg.train.compile, model, ctx.precision.device)
     log(why)
     if compiled:
         compile_blocks(model)
@@ -40,11 +43,11 @@ def build(ctx: Context) -> Setup:
     flops_per_token, flops_per_target = 6 * (total - head_w), 6 * head_w
     pad_id = ctx.tokenizer.pad_token_id
 
-    def save(run: RunFolder) -> None:
+    def save(run: RunFolder, state_dict: dict | None = None) -> None:
         if cfg.adapter.method == "full":
-            model.save_pretrained(str(run.model), safe_serialization=True)
+            model.save_pretrained(str(run.model), state_dict=state_dict, safe_serialization=True)
         else:
-            model.save_pretrained(str(run.adapter))
+            model.save_pretrained(str(run.adapter), state_dict=state_dict)
         ctx.tokenizer.save_pretrained(str(run.tokenizer))
         run.write_template(template)
 
@@ -54,7 +57,8 @@ def build(ctx: Context) -> Setup:
                 "files": load_report.files, "logits": loss_fn.mode}
 
     return Setup(model=model, param_groups=trainable(model), train_set=train_set, eval_set=eval_set,
-                 collate=lambda exs: collate(exs, pad_id), loss=loss_fn,
+                 collate=(lambda exs: collate_packed(exs, pad_id)) if cfg.train.batching == "packed"
+                 else (lambda exs: collate(exs, pad_id)), loss=loss_fn,
                  count_targets=lambda b: int(b["mask"][:, 1:].sum()),
                  flops_per_token=flops_per_token, flops_per_target=flops_per_target, save=save, summarize=summarize,
                  info={"base_model": ctx.model_path, "model_name": cfg.model.name, "method": cfg.adapter.method,
@@ -103,6 +107,7 @@ def _model(ctx: Context):
     for p in model.parameters():  # adapters train in fp32 whatever the base dtype
         if p.requires_grad and p.dtype != prec.trained and not full:
             p.data = p.data.to(prec.trained)
+    model.to(prec.device)
     model.train()
     trainable_n, total = count_params(model)
     ctx.log(f"model: {ctx.model_path} ({total / 1e6:.1f}M parameters, {str(prec.dtype).split('.')[-1]}), "

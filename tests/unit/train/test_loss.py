@@ -27,8 +27,12 @@ def _hf_loss(model, b):
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
 @pytest.mark.parametrize("chunk_elements", [1 << 26, 1000])  # one chunk, and many (with a ragged tail)
-def test_sparse_equals_dense(request, fixture, chunk_elements, monkeypatch):
+@pytest.mark.parametrize("branch", ["cpu", "accelerator"])
+def test_sparse_equals_dense(request, fixture, chunk_elements, branch, monkeypatch):
+    """Both branches of the fused loss: the CPU's reused blocks, and the plain per-chunk tensors a
+    GPU runs (exercised here on CPU tensors; the same code runs on CUDA, to the same tolerance)."""
     monkeypatch.setattr(loss_mod, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(loss_mod, "REUSE_CPU_BUFFERS", branch == "cpu")
     path = request.getfixturevalue(fixture)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     b = _batch(model.config.vocab_size)
@@ -62,3 +66,58 @@ def test_fused_ce_with_bias_matches_autograd():
     torch.nn.functional.cross_entropy(h @ w.t() + bias, y, reduction="sum").backward()
     for a, t in zip(got, (h, w, bias)):
         torch.testing.assert_close(a, t.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("branch", ["cpu", "accelerator"])
+def test_fused_ce_bf16_weights_both_branches_agree(branch, monkeypatch):
+    """bf16 frozen weights with an fp32 body output: products in bf16, softmax in fp32, on both branches."""
+    monkeypatch.setattr(loss_mod, "REUSE_CPU_BUFFERS", branch == "cpu")
+    monkeypatch.setattr(loss_mod, "CHUNK_ELEMENTS", 64)
+    torch.manual_seed(1)
+    h = torch.randn(9, 16, requires_grad=True)
+    w = torch.randn(13, 16).bfloat16()
+    y = torch.randint(0, 13, (9,))
+    got = FusedLinearCrossEntropy.apply(h, w, None, y, 30.0)
+    got.backward()
+    z = torch.tanh((h.bfloat16() @ w.t()).float() / 30.0) * 30.0
+    h2 = h.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(torch.tanh((h2.bfloat16() @ w.t()).float() / 30.0) * 30.0, y,
+                                            reduction="sum")
+    ref.backward()
+    torch.testing.assert_close(got, torch.nn.functional.cross_entropy(z, y, reduction="sum").detach(),
+                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(h.grad, h2.grad, rtol=2e-2, atol=2e-2)  # the bf16 product of the gradient
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_a_packed_row_gives_the_padded_batchs_loss_and_gradients(request, fixture, impl):
+    """Packing without padding keeps examples apart: the same loss and gradients as the padded batch
+    (Gemma's sliding-window layers included), so no example attends to another."""
+    from dianjing.data.batching import collate, collate_packed
+    from dianjing.data.render import Rendered
+
+    path = request.getfixturevalue(fixture)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation=impl)
+    g = torch.Generator().manual_seed(5)
+    exs = []
+    for n in (9, 23, 14):  # the 23-token one is longer than Gemma's 16-token sliding window
+        ids = torch.randint(4, model.config.vocab_size, (n,), generator=g).tolist()
+        mask = [False] * 3 + (torch.rand(n - 3, generator=g) > 0.3).tolist()
+        exs.append(Rendered(input_ids=ids, mask=mask))
+    loss = SFTLoss(model, "sparse", log=lambda *_: None)
+    padded, packed = collate(exs, 0), collate_packed(exs, 0)
+    assert packed["input_ids"].shape == (1, 46)
+    want, n1 = loss(padded)
+    want.backward()
+    ref = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    got, n2 = loss(packed)
+    got.backward()
+    assert n1 == n2 == int(padded["mask"][:, 1:].sum())
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-4)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[k], rtol=1e-4, atol=1e-5)
+    # and with position ids that do not restart, the examples would see each other: the loss moves
+    joined = dict(packed, position_ids=torch.arange(46)[None])
+    assert abs(float(loss(joined)[0].detach()) - float(want.detach())) > 1e-2
