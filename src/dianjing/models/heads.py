@@ -49,7 +49,7 @@ class OwnHead(nn.Module):
                 h = (h * m).sum(1) / m.sum(1).clamp(min=1)
             else:  # last real token (right padding)
                 last = attention_mask.sum(1) - 1
-                h = h[torch.arange(h.shape[0]), last]
+                h = h[torch.arange(h.shape[0], device=h.device), last]
         return self.head(self.dropout(h.float() if self.head.weight.dtype == torch.float32 else h))
 
 

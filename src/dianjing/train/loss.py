@@ -140,6 +140,7 @@ class SFTLoss:
         """Check on a short random sequence that body + head reproduce the model's own logits."""
         vocab = self.head.weight.shape[0]
         ids = torch.randint(0, min(vocab, 1000), (1, 12), generator=torch.Generator().manual_seed(0))
+        ids = ids.to(self.head.weight.device)  # the model's device (a GPU run checks on the GPU)
         ref = self.model(input_ids=ids).logits[0].float()
         h = self.decoder(input_ids=ids).last_hidden_state[0]
         z = self.head(h).float()
