@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic_core import PydanticCustomError
 
+from dianjing.data.columns import mapping_problem
 from dianjing.errors import ConfigError
 
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"  # model.device and --device
@@ -24,9 +26,51 @@ class _Strict(BaseModel):
 
 
 class DataFile(_Strict):
-    path: str = Field(description="a JSON, JSONL, CSV or Parquet file")
+    """One source of data: a file (path), a hub dataset (hub) or an entry of a catalogue; exactly one."""
+    path: str | None = Field(None, description="a JSON, JSONL, CSV or Parquet file, or a folder written by "
+                                               "datasets' save_to_disk")
+    hub: str | None = Field(None, description="a Hugging Face hub dataset, org/name (needs the network or the "
+                                              "datasets cache), read with the datasets library")
+    catalogue: str | None = Field(None, description="LLaMA-Factory's dataset_info.json (or its folder); with name")
+    name: str | None = Field(None, description="the dataset's entry in the catalogue")
     format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion"] = Field(
         "auto", description="auto: detected from the first record's keys (docs/data-formats.md)")
+    columns: dict[str, str] | None = Field(
+        None, description="the format's keys → this file's own field names, e.g. {instruction: question, output: "
+                          "answer}; inside turns also role, content, from, value (docs/data-formats.md)")
+    roles: dict[str, str] | None = Field(
+        None, description="role names → this file's own, e.g. {user: customer, assistant: agent}: user, assistant, "
+                          "system, observation, function, tool")
+    split: str | None = Field(None, description="hub datasets and saved folders: the split (default train)")
+    subset: str | None = Field(None, description="hub datasets: the configuration (subset) name")
+    revision: str | None = Field(None, description="hub datasets: a branch, tag or commit")
+    streaming: bool = Field(False, description="hub datasets: read rows as they download (with data.max_examples "
+                                               "only what is needed)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataFile:
+        problem = self._problem()
+        if problem:  # load_config reports it as a ConfigError naming the entry (data.files.N)
+            raise PydanticCustomError("data_file", "{why}", {"why": problem})
+        return self
+
+    def _problem(self) -> str | None:
+        given = [k for k in ("path", "hub", "catalogue") if getattr(self, k) is not None]
+        if len(given) != 1:
+            return ("give exactly one of path (a file), hub (a Hugging Face dataset) or catalogue (LLaMA-Factory's "
+                    "dataset_info.json, with name)" + (f"; got {' and '.join(given)}" if given else ""))
+        if (self.name is None) != (self.catalogue is None):
+            return "catalogue and name go together: name is the dataset's entry in the catalogue"
+        hub_only = [k for k in ("subset", "revision") if getattr(self, k) is not None] + ["streaming"] * self.streaming
+        if hub_only and self.hub is None:
+            return f"{' and '.join(hub_only)} only appl{'ies' if len(hub_only) == 1 else 'y'} to hub datasets"
+        if self.catalogue is not None and (self.columns or self.roles or self.split):
+            return "a catalogue entry takes its columns, tags and split from the catalogue"
+        return mapping_problem(self.columns, self.roles)
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler) -> dict:  # config.yaml lists what an entry sets, not eleven nulls
+        return {k: v for k, v in handler(self).items() if k == "format" or v not in (None, False)}
 
 
 class ModelConfig(_Strict):
@@ -52,8 +96,8 @@ class ModelConfig(_Strict):
 
 class DataConfig(_Strict):
     files: list[DataFile] = Field(default_factory=lambda: [DataFile(path=DEFAULT_DATA)],
-                                  description="training data: paths, or {path, format}; default: the bundled "
-                                              "313 instruction pairs")
+                                  description="training data: paths, or entries {path | hub | catalogue + name, "
+                                              "format, columns, …}; default: the bundled 313 instruction pairs")
     eval_files: list[DataFile] = Field(
         default_factory=list, description="held-out data; when empty, eval_fraction of files is held out")
     template: str = Field("auto", description="auto | model | plain | chatml | vicuna | alpaca")
@@ -65,6 +109,9 @@ class DataConfig(_Strict):
         "stop", description="a bad record stops with its file:line, or is skipped and counted by reason")
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of files held out when no eval_files")
     max_examples: int | None = Field(None, ge=1, description="read at most this many records (a quick trial)")
+    preference: Literal["chosen"] | None = Field(
+        None, description="preference files (records with chosen and rejected answers, as in DPO data): chosen "
+                          "trains on the chosen answers (SFT); unset, such a file stops with a message")
 
     @field_validator("files", mode="before")
     @classmethod
@@ -145,13 +192,14 @@ class TrainConfig(_Strict):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
-TASKS = ("sft", "classify", "pair", "tag", "extract-qa")
+TASKS = ("sft", "classify", "pair", "tag", "extract-qa", "lifelong")
 
 
 class TaskConfig(_Strict):
     """What is learned: instruction following (sft, the generative route) or a specialist head."""
-    type: Literal["sft", "classify", "pair", "tag", "extract-qa"] = Field(
-        "sft", description="sft: chat/instruction data; classify | pair | tag | extract-qa: an encoder-style head")
+    type: Literal["sft", "classify", "pair", "tag", "extract-qa", "lifelong"] = Field(
+        "sft", description="sft: chat/instruction data; classify | pair | tag | extract-qa: an encoder-style head; "
+                           "lifelong: one stage of `dianjing train --continual SEQUENCE.yaml` (set by it)")
     text_field: str | None = Field(None, description="classify/pair: text column (default: auto-detect)")
     text_b_field: str | None = Field(None, description="pair: second text column (default: auto-detect)")
     label_field: str | None = Field(None, description="classify/pair: label column (default: auto-detect)")

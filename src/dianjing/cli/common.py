@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import typing
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from dianjing.config import DataFile, RunConfig, TaskConfig, load_config
+from dianjing.errors import ConfigError
 
 
 def choices(model_cls: type[BaseModel], field: str) -> list[str]:
@@ -58,6 +59,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                         "a specialist head on the model")
     p.add_argument("--format", "-f", choices=choices(DataFile, "format"),
                    help="format of the --data files (default: auto-detect, and say what was detected)")
+    p.add_argument("--columns", nargs="+", metavar="KEY=FIELD",
+                   help="the data files' own field names, e.g. --columns input=context output=response (Dolly "
+                        "as alpaca); applies to --data and --eval-data (without --data: the config's files)")
     p.add_argument("--template", "-t", help="chat template: auto, model, plain, chatml, vicuna, alpaca")
     p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. --set train.lr=1e-4 (repeatable)")
@@ -73,12 +77,36 @@ def config_from_args(args) -> RunConfig:
         overrides.append(f"task.type={args.task}")
     overrides += args.set
     cfg = load_config(args.config, overrides)
+    columns = _columns(getattr(args, "columns", None))
     if args.data:
         fmt = args.format or "auto"
-        cfg.data.files = [DataFile(path=f, format=fmt) for f in args.data]
-    elif args.format:
-        for f in cfg.data.files:
-            f.format = args.format
+        cfg.data.files = [_data_file(path=f, format=fmt, columns=columns) for f in args.data]
+    elif args.format or columns:
+        for i, f in enumerate(cfg.data.files):
+            cfg.data.files[i] = _data_file(**{**f.model_dump(), **({"format": args.format} if args.format else {}),
+                                              **({"columns": columns} if columns else {})})
     if getattr(args, "eval_data", None):
-        cfg.data.eval_files = [DataFile(path=f) for f in args.eval_data]
+        cfg.data.eval_files = [_data_file(path=f, columns=columns) for f in args.eval_data]
     return cfg
+
+
+def _columns(pairs: list[str] | None) -> dict[str, str] | None:
+    """--columns KEY=FIELD ... as a column mapping (checked with the data entry it goes into)."""
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, eq, own = pair.partition("=")
+        if not eq or not key.strip() or not own.strip():
+            raise ConfigError(f"--columns {pair!r}: expected KEY=FIELD", fix="e.g. --columns output=response")
+        out[key.strip()] = own.strip()
+    return out
+
+
+def _data_file(**fields) -> DataFile:
+    """A data entry from the command line; a bad --format/--columns for it is a ConfigError naming the flag."""
+    try:
+        return DataFile(**fields)
+    except ValidationError as e:
+        raise ConfigError("--data/--columns: " + "; ".join(x["msg"] for x in e.errors()),
+                          fix="docs/data-formats.md lists the keys a column mapping can name") from None

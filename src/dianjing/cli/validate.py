@@ -30,6 +30,11 @@ def run(args) -> int:
 
     cfg = config_from_args(args)
     console = Console(highlight=False, no_color=args.no_color)
+    if cfg.task.type == "lifelong":
+        from dianjing.errors import ConfigError
+
+        raise ConfigError("task.type lifelong is one stage of a continual run, which has no data of its own",
+                          fix="`dianjing train --continual SEQUENCE.yaml` checks every task's data before it trains")
     if cfg.task.type != "sft":  # --task, or task.type in the config
         return run_specialist(cfg, console, args.show)
     return run_sft(cfg, console, args)
@@ -48,9 +53,14 @@ def run_sft(cfg, console, args) -> int:
     tok = load_tokenizer(path, cfg.model.trust_remote_code, log=log)
     template, why = choose_template(cfg.data.template, tok)
     log(why)
+    tools = tool_counts(convs)
+    if tools:
+        from dianjing.data.tools import describe_tool_format
+
+        log(describe_tool_format(template))
     stats = RenderStats()
     rendered = render_all(convs, tok, template, cfg.data.max_length, cfg.data.loss_on, stats)
-    for r in rendered[: args.show]:
+    for r in pick_examples(rendered, convs, args.show):
         console.rule(f"{r.source}  ({len(r.input_ids)} tokens, {r.n_supervised} supervised"
                      + (", truncated" if r.truncated else "") + ")")
         if args.no_color:
@@ -65,6 +75,9 @@ def run_sft(cfg, console, args) -> int:
     console.print(f"examples {s['examples']}, kept {s['kept']}, truncated {s['truncated']} "
                   f"(max_length {cfg.data.max_length}), tokens {s['tokens']}, "
                   f"supervised tokens {s['supervised_tokens']}", markup=False)
+    if tools:
+        console.print(f"tool calls {tools['calls']} in {tools['calling']} conversations, tool results "
+                      f"{tools['results']}, conversations with a tool list {tools['listed']}", markup=False)
     for why_, n in stats.dropped.items():
         console.print(f"dropped {n}: {why_}", markup=False)
     for why_, n in report.skipped.items():
@@ -72,6 +85,26 @@ def run_sft(cfg, console, args) -> int:
     for e in report.first_errors:
         console.print(f"  e.g. {e}", markup=False)
     return 0
+
+
+def tool_counts(convs) -> dict:
+    """Tool calls, results and tool lists in the data; empty when it has none."""
+    calls = [sum(len(m.tool_calls) for m in c.messages) for c in convs]
+    counts = {"calls": sum(calls), "calling": sum(1 for n in calls if n),
+              "results": sum(1 for c in convs for m in c.messages if m.role == "tool"),
+              "listed": sum(1 for c in convs if c.tools)}
+    return counts if any(counts.values()) else {}
+
+
+def pick_examples(rendered: list, convs: list, n: int) -> list:
+    """The first n rendered examples; when the data has tool calls and none of those shows one, the
+    last of them is replaced by the first example that does, so the call's rendering is seen."""
+    shown = rendered[:n]
+    calling = {c.source for c in convs if any(m.tool_calls for m in c.messages)}
+    if not shown or not calling or any(r.source in calling for r in shown):
+        return shown
+    first = next((r for r in rendered if r.source in calling), None)
+    return shown if first is None else shown[:-1] + [first]
 
 
 def run_specialist(cfg, console, n_show: int) -> int:

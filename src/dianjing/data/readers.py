@@ -29,6 +29,12 @@ class RawRecord:
     def where(self) -> str:
         return f"{self.file}:{self.line}" if self.unit == "line" else f"{self.file} record {self.line}"
 
+    def error(self, message: str, *, field: str | None = None, fix: str | None = None) -> DataError:
+        """A DataError about this record, its place named once: "file:line: …" or "file record N: …"."""
+        if self.unit == "line":
+            return DataError(message, file=self.file, line=self.line, field=field, fix=fix)
+        return DataError(message, file=self.where, field=field, fix=fix)
+
 
 def resolve_path(path: str) -> Path:
     """A data path, or builtin:NAME for data that ships inside dianjing."""
@@ -41,7 +47,11 @@ def resolve_path(path: str) -> Path:
     if not p.exists():
         raise DataError(f"data file {p} does not exist", fix="check data.files in the config or --data")
     if p.is_dir():
-        raise DataError(f"{p} is a folder; name the data files in it")
+        if (p / "dataset_info.json").is_file() and not (p / "state.json").is_file():
+            raise DataError(f"{p} is a folder with LLaMA-Factory's dataset_info.json",
+                            fix=f"name one of its datasets: {{catalogue: {p}, name: NAME}} in data.files")
+        raise DataError(f"{p} is a folder; name the data files in it",
+                        fix="or give a folder written by datasets' save_to_disk")
     return p
 
 
@@ -146,11 +156,27 @@ def read_parquet(path: Path) -> Iterator[RawRecord]:
         yield RawRecord(row, str(path), i, unit="record")
 
 
-def read_records(path: str, on_error: str = "stop", errors: list | None = None) -> Iterator[RawRecord]:
-    """Yield the raw records of one file; the reader is chosen by the file's extension."""
+def read_records(path: str, on_error: str = "stop", errors: list | None = None,
+                 split: str | None = None) -> Iterator[RawRecord]:
+    """Yield the raw records of one file; the reader is chosen by the file's extension.
+
+    A folder written by datasets' save_to_disk is read too (`split` picks one of a DatasetDict's).
+    """
+    if not isinstance(path, str):
+        raise DataError("this data entry has no path: only instruction data (task.type sft) reads hub and "
+                        "catalogue entries", fix="give the data as a file: {path: FILE} in data.files")
+    from dianjing.data import hub
+
+    folder = Path(path).expanduser()
+    if not path.startswith(BUILTIN_PREFIX) and hub.is_saved_dataset(folder):
+        yield from hub.read_saved(folder, split, str(folder))
+        return
     p = resolve_path(path)
     suffix = p.suffix.lower()
     shown = shown_name(path, p)
+    if split is not None:
+        raise DataError(f"split {split!r} is set, but {shown} is a file, which has no splits",
+                        fix="drop split from this data.files entry (it applies to hub datasets and saved folders)")
     if suffix in (".jsonl", ".ndjson"):
         it = read_jsonl(p, on_error, errors)
     elif suffix == ".json":

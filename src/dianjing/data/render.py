@@ -5,15 +5,24 @@ assistant turn adds (its answer and end token) is one supervised segment, the re
 is context. Each segment is tokenised on its own and the ids are concatenated, which
 is also how generation sees it (prompt tokens, then generated tokens), so the mask
 cannot drift from the answer where tokens would merge across the boundary.
+
+Tool calls: a template that renders tools (`ChatTemplate.supports_tools`) is given the tool list
+and the messages in Hugging Face's shape; any other is given them lowered into the built-in tool
+format (data/tools.py). Either way an assistant turn, calls included, is supervised with its end
+token; tool results and the tool list are context.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+import jinja2
+
 from dianjing.data.schema import Conversation
 from dianjing.data.templates import ChatTemplate
+from dianjing.data.tools import lower
 from dianjing.errors import DataError
 
 
@@ -44,25 +53,46 @@ class RenderStats:
                 "supervised_tokens": self.supervised_tokens}
 
 
+def template_input(conv: Conversation, template: ChatTemplate) -> tuple[list[dict], list[dict] | None,
+                                                                        list[int | None]]:
+    """What the template is rendered with: the messages, the tools, and for each message the index in
+    conv.messages it stands for (the built-in tool format merges results and adds a tool-list block)."""
+    msgs = conv.as_dicts()
+    if not conv.has_tools or template.supports_tools:
+        return msgs, conv.tool_specs(), list(range(len(msgs)))
+    lowered, origin = lower(msgs, conv.tool_specs())
+    return lowered, None, origin
+
+
+def _render(template: ChatTemplate, conv: Conversation, msgs: list[dict], tools: list[dict] | None,
+            add_generation_prompt: bool = False) -> str:
+    try:
+        return template.render(msgs, add_generation_prompt=add_generation_prompt, tools=tools)
+    except jinja2.TemplateError as e:  # the template's raise_exception, or a template that cannot render it
+        raise DataError(f"chat template '{template.name}' cannot render this conversation: {e}",
+                        file=conv.source or None,
+                        fix="change the record, or use a built-in template: data.template=chatml (or plain)") from None
+
+
 def segments(conv: Conversation, template: ChatTemplate, loss_on: str = "assistant") -> list[tuple[str, bool]]:
     """Split the rendered conversation into (text, supervised) segments."""
-    msgs = conv.as_dicts()
-    full = template.render(msgs)
-    assistant_idx = [i for i, m in enumerate(conv.messages) if m.role == "assistant"]
+    msgs, tools, origin = template_input(conv, template)
+    full = _render(template, conv, msgs, tools)
     if loss_on == "all":
         return [(full, True)]
+    assistant_idx = [j for j, o in enumerate(origin) if o is not None and conv.messages[o].role == "assistant"]
     supervised_idx = assistant_idx[-1:] if loss_on == "last" else assistant_idx
     spans: list[tuple[int, int]] = []
-    for i in supervised_idx:
-        if not conv.messages[i].train:
+    for j in supervised_idx:
+        if not conv.messages[origin[j]].train:
             continue
-        head = template.render(msgs[:i], add_generation_prompt=True)
-        upto = template.render(msgs[: i + 1])
+        head = _render(template, conv, msgs[:j], tools, add_generation_prompt=True)
+        upto = _render(template, conv, msgs[: j + 1], tools)
         if not (full.startswith(head) and full.startswith(upto) and len(head) <= len(upto)):
             raise DataError(
                 f"chat template '{template.name}' does not render the conversation prefix-stably "
                 "(an earlier turn renders differently once later turns exist), so the answer "
-                "tokens cannot be located", file=conv.source,
+                "tokens cannot be located", file=conv.source or None,
                 fix="use a built-in template: data.template=chatml (or plain)")
         start, end = len(head), len(upto)
         # whitespace after the end token belongs to the next turn, not to the answer
@@ -82,14 +112,24 @@ def segments(conv: Conversation, template: ChatTemplate, loss_on: str = "assista
     return out
 
 
+def _texts(conv: Conversation):
+    """(what, text) for every piece of the conversation that is rendered: contents, calls, the tool list."""
+    for k, m in enumerate(conv.messages):
+        yield f"message {k + 1} ({m.role})", m.content
+        for c in m.tool_calls:
+            yield f"message {k + 1} ({m.role}), call of {c.name!r},", json.dumps(c.arguments, ensure_ascii=False)
+    if conv.tools:
+        yield "the tool list", json.dumps(conv.tools, ensure_ascii=False)
+
+
 def check_no_control_tokens(conv: Conversation, tokenizer) -> None:
     """Text that spells a special token ("</s>", "<|im_end|>") would be read as that control token
     (an injected end of turn); such an example is rejected and counted, not silently changed."""
     specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
-    for k, m in enumerate(conv.messages):
+    for what, text in _texts(conv):
         for t in specials:
-            if t in m.content:
-                raise DataError(f"message {k + 1} ({m.role}) contains the special token {t!r}, which would be "
+            if t in text:
+                raise DataError(f"{what} contains the special token {t!r}, which would be "
                                 "read as a control token", file=conv.source or None,
                                 fix="remove or escape it in the data")
 
@@ -122,7 +162,8 @@ def render_all(convs: list[Conversation], tokenizer, template: ChatTemplate, max
         try:
             r = render(conv, tokenizer, template, max_length, loss_on)
         except DataError as e:
-            reason = "the text contains a special token" if "special token" in e.message else e.message
+            # the reason without the example's place, so one cause is one count
+            reason = "the text contains a special token" if "special token" in e.detail else e.detail
             stats.dropped[reason] += 1
             continue
         if r.n_supervised == 0:

@@ -7,32 +7,51 @@ with into the exported tokenizer for other engines to use.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from dianjing.data.tools import JINJA_CALLS, JINJA_TOOLS_BLOCK
 from dianjing.errors import ConfigError
 
 NL = "{{ '\\n' }}"
 BOS = "{% if add_bos and bos_token %}{{ bos_token }}{% endif %}"
+FIRST_IS_SYSTEM = "messages and messages[0].role == 'system'"
 
 BUILTIN_TEMPLATES: dict[str, str] = {
-    # The lecture's plain format: "USER: … AI: …" and an end token after each answer.
+    # The lecture's plain format: "USER: … AI: …" and an end token after each answer. With tools
+    # (the built-in tool format, data/tools.py): the tool list first, as the system text, calls in
+    # the AI line, results on "TOOL: …" lines.
     "plain": (
         BOS
+        + "{% if tools %}{% if " + FIRST_IS_SYSTEM + " %}{{ messages[0].content }}" + NL + NL + "{% endif %}"
+        + JINJA_TOOLS_BLOCK + NL + NL + "{% endif %}"
         + "{% for m in messages %}"
-        + "{% if m.role == 'system' %}{{ m.content }}" + NL + NL
+        + "{% if m.role == 'system' %}{% if not (tools and loop.first) %}{{ m.content }}" + NL + NL
+        + "{% endif %}"
         + "{% elif m.role == 'user' %}USER: {{ m.content }}" + NL
-        + "{% else %}AI: {{ m.content }}{{ eos_token }}" + NL
+        + "{% elif m.role == 'tool' %}TOOL: {{ m.content }}" + NL
+        + "{% else %}AI: {% if m.tool_calls %}" + JINJA_CALLS + "{% else %}{{ m.content }}{% endif %}"
+        + "{{ eos_token }}" + NL
         + "{% endif %}{% endfor %}"
         + "{% if add_generation_prompt %}AI:{% endif %}"
     ),
+    # With tools: a system turn listing them (after the system text), calls in the assistant turn,
+    # results in 'tool' turns.
     "chatml": (
         BOS
-        + "{% for m in messages %}<|im_start|>{{ m.role }}" + NL + "{{ m.content }}<|im_end|>" + NL
-        + "{% endfor %}"
+        + "{% if tools %}<|im_start|>system" + NL + "{% if " + FIRST_IS_SYSTEM + " %}{{ messages[0].content }}"
+        + NL + NL + "{% endif %}" + JINJA_TOOLS_BLOCK + "<|im_end|>" + NL + "{% endif %}"
+        + "{% for m in messages %}"
+        + "{% if m.role == 'system' and loop.first and tools %}"
+        + "{% elif m.role == 'assistant' and m.tool_calls %}<|im_start|>assistant" + NL + JINJA_CALLS
+        + "<|im_end|>" + NL
+        + "{% else %}<|im_start|>{{ m.role }}" + NL + "{{ m.content }}<|im_end|>" + NL
+        + "{% endif %}{% endfor %}"
         + "{% if add_generation_prompt %}<|im_start|>assistant" + NL + "{% endif %}"
     ),
     "vicuna": (
@@ -69,6 +88,26 @@ def _raise(msg: str):
     raise jinja2.exceptions.TemplateError(msg)
 
 
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    """Hugging Face's `tojson` (jinja2's own sorts keys and escapes <, >, &, ' for HTML), so tool lists
+    and arguments render as they do in transformers and the engines that read the exported template."""
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+# A conversation with a tool list, a call and its result: a template that renders all of it "supports tools"
+PROBE_TOOLS = [{"type": "function", "function": {
+    "name": "dj_probe", "description": "dj-probe-description",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
+PROBE_MESSAGES = [
+    {"role": "user", "content": "dj-probe-question"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call00001", "type": "function", "function": {"name": "dj_probe", "arguments": {"q": "dj-probe-arg"}}}]},
+    {"role": "tool", "content": "dj-probe-result", "tool_call_id": "call00001", "name": "dj_probe"},
+    {"role": "assistant", "content": "dj-probe-answer"},
+]
+PROBE_MARKS = ("dj-probe-description", "dj-probe-arg", "dj-probe-result", "dj-probe-answer")
+
+
 @dataclass
 class ChatTemplate:
     """A Jinja chat template plus the tokens it is rendered with."""
@@ -84,17 +123,32 @@ class ChatTemplate:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                             extensions=["jinja2.ext.loopcontrols"])
         env.globals["raise_exception"] = _raise
+        env.filters["tojson"] = _tojson
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
             self._compiled = env.from_string(self.source)
         except jinja2.TemplateSyntaxError as e:
             raise ConfigError(f"chat template '{self.name}' is not valid Jinja: {e}") from None
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = False,
+               tools: list[dict] | None = None) -> str:
+        """The template's text for `messages` (and `tools`, as apply_chat_template(..., tools=) passes them:
+        [{"type": "function", "function": spec}], or None)."""
         return self._compiled.render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
+            messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
             bos_token=self.bos_token or "", eos_token=self.eos_token or "", add_bos=self.add_bos,
         )
+
+    @cached_property
+    def supports_tools(self) -> bool:
+        """Does this template render a tool list, calls and their results? (Tried on a probe conversation:
+        a template that ignores `tools` or `tool_calls`, or refuses them, does not; it is then given the
+        built-in tool format, data/tools.py.)"""
+        try:
+            text = self.render(PROBE_MESSAGES, tools=PROBE_TOOLS)
+        except Exception:  # noqa: BLE001  any failure of a template on the probe means "no"
+            return False
+        return all(mark in text for mark in PROBE_MARKS)
 
     def to_json(self) -> dict:
         return {"name": self.name, "source": self.source, "bos_token": self.bos_token,

@@ -227,12 +227,31 @@ def main_metric(task: str) -> str:
     return {"classify": "accuracy", "pair": "accuracy", "tag": "f1", "extract-qa": "f1"}[task]
 
 
+def _plain_files(cfg: RunConfig) -> None:
+    """Specialists read files by path with their own field detection (task.text_field …): refuse the
+    chat route's entry options rather than ignore them."""
+    from dianjing.errors import ConfigError
+
+    if cfg.data.preference:
+        raise ConfigError("data.preference is for chat fine-tuning; specialists read labelled examples",
+                          fix="remove data.preference")
+    for key, files in (("data.files", cfg.data.files), ("data.eval_files", cfg.data.eval_files)):
+        for i, f in enumerate(files):
+            used = [k for k in ("hub", "catalogue", "columns", "roles") if getattr(f, k, None)]
+            if used:
+                raise ConfigError(f"{key}[{i}]: {', '.join(used)} {'is' if len(used) == 1 else 'are'} not read by "
+                                  f"specialists yet (task.type {cfg.task.type})",
+                                  fix="give a local file as path, and name its fields with task.text_field, "
+                                      "task.text_b_field and task.label_field")
+
+
 class SpecialistData:
     """Training and held-out examples and features for a run, and the labels they define."""
 
     def __init__(self, cfg: RunConfig, log=print):
         self.cfg = cfg
         task = cfg.task.type
+        _plain_files(cfg)
         train_ex, self.report = read_examples(cfg, [f.path for f in cfg.data.files], log=log)
         if cfg.data.max_examples:
             train_ex = train_ex[: cfg.data.max_examples]

@@ -72,7 +72,8 @@ def _data(ctx: Context, template):
     convs, load_report = load_conversations(cfg.data, log=log)
     if cfg.data.eval_files:
         eval_convs, _ = load_conversations(cfg.data.model_copy(update={"files": cfg.data.eval_files,
-                                                                       "max_examples": None}), log=log)
+                                                                       "max_examples": None}), log=log,
+                                           key="data.eval_files")
         train_convs = convs
     else:
         train_convs, eval_convs = split_eval(convs, cfg.data.eval_fraction, cfg.train.seed)

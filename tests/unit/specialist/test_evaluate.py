@@ -62,3 +62,21 @@ def test_the_head_is_loaded_onto_the_device_asked(classify_run, monkeypatch):
     assert {p.device.type for p in head.model.parameters()} == {"meta"}
     assert head.precision.device.type == "meta"  # autocast and the batches follow it
     assert len(examples) == 16
+
+
+def test_specialists_refuse_the_chat_routes_entry_options(tmp_path):
+    """columns / roles / hub / catalogue / preference are read by the chat route only: refused, not ignored."""
+    from dianjing.config import load_config
+    from dianjing.errors import ConfigError
+    from dianjing.specialist.task import SpecialistData
+
+    f = tmp_path / "x.csv"
+    f.write_text("q,label\nhi,a\nho,b\n")
+    cfg = load_config(None, ["task.type=classify", "train.threads=1"])
+    cfg.data.files = [cfg.data.files[0].model_copy(update={"path": str(f), "columns": {"input": "q"}})]
+    with pytest.raises(ConfigError, match=r"data.files\[0\]: columns is not read by specialists"):
+        SpecialistData(cfg, log=lambda *_: None)
+    cfg.data.files = [cfg.data.files[0].model_copy(update={"columns": None})]
+    cfg.data.preference = "chosen"
+    with pytest.raises(ConfigError, match="data.preference"):
+        SpecialistData(cfg, log=lambda *_: None)
