@@ -4,7 +4,8 @@ POST /v1/chat/completions and /v1/completions (both can stream as server-sent ev
 GET /v1/models and /health. One base model is loaded once; the LoRA-family adapters of
 several runs sit on it as named PEFT adapters, and a request's `model` field picks one by
 run-folder name, or "base" for the bare model. Prompts are rendered with the chat template
-each run was trained with. Generation runs in one worker thread (`batcher.Batcher`) that
+each run was trained with, tools included; calls in the answer come back as `tool_calls`
+(infer/tool_calls.py). Generation runs in one worker thread (`batcher.Batcher`) that
 batches concurrent requests; its events reach each request through an asyncio queue.
 
 A request goes: `Guard` (Host, Origin, content type) → key check → the body, read with a
@@ -36,6 +37,7 @@ from dianjing.infer.api import ApiError, ChatRequest, CompletionRequest, Job, Li
 from dianjing.infer.batcher import Batcher, Done, Failed, GenRequest, Refused, Text
 from dianjing.infer.models import ModelSet, Served
 from dianjing.infer.generate import AnswerStart
+from dianjing.infer.tool_calls import ToolDeltas, answer
 
 __all__ = ["ApiError", "Limits", "Server", "create_app"]
 
@@ -292,10 +294,12 @@ def _usage(job: Job, tokens: list[int]) -> dict:
 
 
 async def _collect(st: State, job: Job, request: Request) -> tuple[list[str], list[str], list[int]]:
-    """All choices of a non-streaming request; it is cancelled if the client goes away."""
+    """All choices of a non-streaming request (each starting with the pre-filled opening, if any);
+    it is cancelled if the client goes away."""
     req, queue = _submit(st, job)
-    texts, reasons, tokens = [""] * job.n, ["stop"] * job.n, [0] * job.n
+    reasons, tokens = ["stop"] * job.n, [0] * job.n
     starts = [AnswerStart() if job.strip_start else (lambda p: p) for _ in range(job.n)]
+    texts = [start(job.opening) for start in starts]
     try:
         async for ev in _events(st, req, queue, request.is_disconnected):
             if isinstance(ev, Text):
@@ -309,24 +313,49 @@ async def _collect(st: State, job: Job, request: Request) -> tuple[list[str], li
     return texts, reasons, tokens
 
 
+class _Pieces:
+    """One streamed choice: its text as it comes (`wrap`ped: a chat delta or completion text), without
+    the whitespace a chat answer starts with; with tools, read for calls (`tool_calls.ToolDeltas`)."""
+
+    def __init__(self, job: Job, wrap: Callable[[str], object]):
+        self.start = AnswerStart() if job.strip_start else (lambda p: p)
+        self.tools = ToolDeltas(job.served.template, job.tools) if job.tools is not None else None
+        self.wrap = wrap
+
+    def push(self, piece: str) -> list:
+        piece = self.start(piece)
+        if self.tools is not None:
+            return self.tools.push(piece)
+        return [self.wrap(piece)] if piece else []
+
+    def finish(self) -> list:
+        return self.tools.finish() if self.tools is not None else []
+
+    def reason(self, reason: str) -> str:
+        return self.tools.reason(reason) if self.tools is not None else reason
+
+
 async def _sse(st: State, job: Job, req: GenRequest, queue: asyncio.Queue,
-               chunk: Callable[[int, str | None, str | None], dict],
-               first: Callable[[int], dict] | None) -> AsyncIterator[str]:
+               chunk: Callable[[int, object, str | None], dict], first: Callable[[int], dict] | None,
+               wrap: Callable[[str], object]) -> AsyncIterator[str]:
     """Server-sent events: a chunk per piece, a last chunk per choice, usage if asked, then [DONE];
     a failure (also at shutdown) is an error event, and [DONE] still follows."""
     tokens, done = [0] * job.n, 0
-    starts = [AnswerStart() if job.strip_start else (lambda p: p) for _ in range(job.n)]
-    if first is not None:
-        for i in range(job.n):
+    pieces = [_Pieces(job, wrap) for _ in range(job.n)]
+    for i in range(job.n):
+        if first is not None:
             yield _event(first(i))
+        for payload in pieces[i].push(job.opening):
+            yield _event(chunk(i, payload, None))
     async for ev in _events(st, req, queue):
         if isinstance(ev, Text):
-            piece = starts[ev.index](ev.piece)
-            if piece:
-                yield _event(chunk(ev.index, piece, None))
+            for payload in pieces[ev.index].push(ev.piece):
+                yield _event(chunk(ev.index, payload, None))
         elif isinstance(ev, Done):
             tokens[ev.index], done = ev.tokens, done + 1
-            yield _event(chunk(ev.index, None, ev.reason))
+            for payload in pieces[ev.index].finish():
+                yield _event(chunk(ev.index, payload, None))
+            yield _event(chunk(ev.index, None, pieces[ev.index].reason(ev.reason)))
         else:
             yield _event(ApiError(ev.status, ev.message).body())
     if done == job.n and job.include_usage:
@@ -334,9 +363,19 @@ async def _sse(st: State, job: Job, req: GenRequest, queue: asyncio.Queue,
     yield "data: [DONE]\n\n"
 
 
-def _stream(st: State, job: Job, chunk, first) -> _Stream:
+def _stream(st: State, job: Job, chunk, first, wrap) -> _Stream:
     req, queue = _submit(st, job)
-    return _Stream(_sse(st, job, req, queue, chunk, first), on_close=lambda: st.batcher.cancel(req))
+    return _Stream(_sse(st, job, req, queue, chunk, first, wrap), on_close=lambda: st.batcher.cancel(req))
+
+
+def _chat_choice(job: Job, i: int, text: str, reason: str) -> dict:
+    """A whole chat answer; with tools, its calls read back into message.tool_calls."""
+    message: dict = {"role": "assistant", "content": text}
+    if job.tools is not None:
+        message["content"], calls = answer(text, job.served.template, job.tools)
+        if calls:
+            message["tool_calls"], reason = calls, "tool_calls"
+    return {"index": i, "message": message, "logprobs": None, "finish_reason": reason}
 
 
 async def chat_completions(request: Request):
@@ -346,21 +385,20 @@ async def chat_completions(request: Request):
             "system_fingerprint": None}
     extra = {"usage": None} if job.include_usage else {}
 
-    def chunk(i: int, piece: str | None, reason: str | None) -> dict:
-        delta = {} if piece is None else {"content": piece}
-        return {**base, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}], **extra}
+    def chunk(i: int, delta: dict | None, reason: str | None) -> dict:
+        return {**base, "choices": [{"index": i, "delta": delta or {}, "logprobs": None, "finish_reason": reason}],
+                **extra}
 
     def first(i: int) -> dict:
         return {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                      "finish_reason": None}], **extra}
 
     if job.stream:
-        return _stream(st, job, chunk, first)
+        return _stream(st, job, chunk, first, lambda piece: {"content": piece})
     texts, reasons, tokens = await _collect(st, job, request)
     return {"id": rid, "object": "chat.completion", "created": base["created"], "model": name,
             "system_fingerprint": None,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                         "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons))],
+            "choices": [_chat_choice(job, i, t, r) for i, (t, r) in enumerate(zip(texts, reasons))],
             "usage": _usage(job, tokens)}
 
 
@@ -375,7 +413,7 @@ async def completions(request: Request):
                 **extra}
 
     if job.stream:
-        return _stream(st, job, chunk, None)
+        return _stream(st, job, chunk, None, lambda piece: piece)
     texts, reasons, tokens = await _collect(st, job, request)
     return {**base, "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
                                 for i, (t, r) in enumerate(zip(texts, reasons))],
