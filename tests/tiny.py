@@ -13,23 +13,30 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(folder: Path, *, pad: bool = True, chat_template: str | None = None, bos: bool = True):
+def build_tokenizer(folder: Path, *, pad: bool = True, chat_template: str | None = None, bos: bool = True,
+                    bos_token: str = "<s>", eos_token: str = "</s>", specials: tuple[str, ...] = (),
+                    added: tuple[str, ...] = ()):
+    """The tiny byte-level BPE tokenizer. A model family's tokens (tests/unit/data/test_template_families.py):
+    `bos_token`/`eos_token` name its own, `specials` are more special tokens (turn markers), `added` are
+    added tokens that are not special (Qwen's and DeepSeek's <think>)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    specials = list(dict.fromkeys(["<pad>", bos_token, eos_token, "<unk>", *specials]))
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(CORPUS * 20, trainer)
-    kw = dict(tokenizer_object=tk, eos_token="</s>", unk_token="<unk>")
+    kw = dict(tokenizer_object=tk, eos_token=eos_token, unk_token="<unk>")
     if bos:
-        kw["bos_token"] = "<s>"
+        kw["bos_token"] = bos_token
     if pad:
         kw["pad_token"] = "<pad>"
     tok = PreTrainedTokenizerFast(**kw)
+    if added:
+        tok.add_tokens(list(added), special_tokens=False)
     if chat_template:
         tok.chat_template = chat_template
     tok.save_pretrained(str(folder))

@@ -101,6 +101,13 @@ class DataConfig(_Strict):
     eval_files: list[DataFile] = Field(
         default_factory=list, description="held-out data; when empty, eval_fraction of files is held out")
     template: str = Field("auto", description="auto | model | plain | chatml | vicuna | alpaca")
+    template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="options passed to the chat template in training, validate, chat and "
+                                          "serve, e.g. {enable_thinking: false} (Qwen3); kept in the run folder")
+    reasoning: Literal["last", "all", "none"] = Field(
+        "last", description="whose reasoning (`<think>…</think>` or `reasoning_content`) is trained: the last answer's "
+                            "(as reasoning models are prompted: earlier turns without it), every answer's, or none; "
+                            "what is left out is counted (docs/templates.md)")
     system_prompt: str | None = Field(None, description="a system message added to conversations that have none")
     max_length: int = Field(512, ge=8, description="tokens per example; longer ones are truncated (counted)")
     loss_on: Literal["assistant", "last", "all"] = Field(

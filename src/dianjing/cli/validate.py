@@ -43,6 +43,7 @@ def run(args) -> int:
 def run_sft(cfg, console, args) -> int:
     """Instruction data: render a few examples with the template and count tokens and drops."""
     from dianjing.cli import log
+    from dianjing.data.diagnose import diagnose
     from dianjing.data.load import load_conversations
     from dianjing.data.render import RenderStats, render_all, show
     from dianjing.data.templates import choose_template
@@ -51,15 +52,21 @@ def run_sft(cfg, console, args) -> int:
     convs, report = load_conversations(cfg.data, log=log)  # before the model, which may take minutes to fetch
     path = resolve_model(cfg.model.name, log=log)
     tok = load_tokenizer(path, cfg.model.trust_remote_code, log=log)
-    template, why = choose_template(cfg.data.template, tok)
+    template, why = choose_template(cfg.data.template, tok, cfg.data.template_kwargs)
     log(why)
+    behaviour = diagnose(template, cfg.data.loss_on, cfg.data.reasoning, cfg.data.system_prompt)
+    console.rule("the chat template")
+    console.print(behaviour.text(), markup=False, soft_wrap=True)
+    console.print(f"  a synthetic conversation with reasoning in every answer, as it is trained with "
+                  f"data.reasoning={cfg.data.reasoning} ([[…]]: supervised):", markup=False, soft_wrap=True)
+    console.print(behaviour.marked(), markup=False, soft_wrap=True)
     tools = tool_counts(convs)
     if tools:
         from dianjing.data.tools import describe_tool_format
 
         log(describe_tool_format(template))
     stats = RenderStats()
-    rendered = render_all(convs, tok, template, cfg.data.max_length, cfg.data.loss_on, stats)
+    rendered = render_all(convs, tok, template, cfg.data.max_length, cfg.data.loss_on, stats, cfg.data.reasoning)
     for r in pick_examples(rendered, convs, args.show):
         console.rule(f"{r.source}  ({len(r.input_ids)} tokens, {r.n_supervised} supervised"
                      + (", truncated" if r.truncated else "") + ")")
@@ -80,6 +87,8 @@ def run_sft(cfg, console, args) -> int:
                       f"{tools['results']}, conversations with a tool list {tools['listed']}", markup=False)
     for why_, n in stats.dropped.items():
         console.print(f"dropped {n}: {why_}", markup=False)
+    for why_, n in stats.not_trained.items():
+        console.print(f"not trained, in {n} turns: {why_}", markup=False)
     for why_, n in report.skipped.items():
         console.print(f"skipped {n} records: {why_}", markup=False)
     for e in report.first_errors:

@@ -2,6 +2,8 @@
 
 Formats: alpaca, sharegpt, messages (OpenAI-style), prompt_completion. sharegpt and messages
 also carry tool calls (a `tools` list, calls, results: see docs/data-formats.md, "Tool calls").
+An assistant text's reasoning (a `<think>…</think>` block that opens it, or a `reasoning_content` /
+`reasoning` field of a message or turn) is read into Message.reasoning, apart from the answer.
 """
 
 from __future__ import annotations
@@ -47,6 +49,46 @@ def _mapping(rec: RawRecord) -> dict:
     if not isinstance(rec.data, dict):
         raise _err(rec, "<record>", f"expected an object, got {type(rec.data).__name__}")
     return rec.data
+
+
+# --- reasoning --------------------------------------------------------------------------------
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """(reasoning, answer) of an assistant text: the reasoning is what comes before the first `</think>`,
+    with its opening `<think>` (DeepSeek-R1 outputs whose prompt pre-filled `<think>` have none), as
+    Qwen3's and DeepSeek's own templates read it; ("", text) when the text has no such block, or has a
+    `<think>` that does not open it."""
+    head, sep, tail = text.partition(THINK_CLOSE)
+    if not sep:
+        return "", text
+    body = head.lstrip()
+    if body.startswith(THINK_OPEN):
+        body = body[len(THINK_OPEN):]
+    elif THINK_OPEN in body:
+        return "", text
+    return body.strip("\n"), tail.lstrip("\n")
+
+
+def assistant_text(rec: RawRecord, field: str, value: str, turn: dict | None = None) -> tuple[str, str]:
+    """(answer, reasoning) of an assistant turn: its text split by split_reasoning, or the text and the
+    turn's own reasoning field (reasoning_content or reasoning); both at once is a bad record."""
+    reasoning, answer = split_reasoning(value)
+    for key in REASONING_FIELDS:
+        given = (turn or {}).get(key)
+        if given is None or given == "":
+            continue
+        where = field.rsplit(".", 1)[0] + "." + key
+        if not isinstance(given, str):
+            raise _err(rec, where, f"expected text, got {type(given).__name__}")
+        if reasoning:
+            raise _err(rec, where, "reasoning given twice: in this field and as a <think> block in the content")
+        reasoning = given.strip("\n")
+        break
+    return answer, reasoning
 
 
 # --- tool calls -------------------------------------------------------------------------------
@@ -179,12 +221,14 @@ def from_alpaca(rec: RawRecord) -> tuple[list[Message], Tools]:
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise _err(rec, f"history[{k}]", "expected a pair [instruction, response]")
         msgs.append(Message("user", _text(rec, f"history[{k}][0]", pair[0])))
-        msgs.append(Message("assistant", _text(rec, f"history[{k}][1]", pair[1])))
+        answer, reasoning = assistant_text(rec, f"history[{k}][1]", _text(rec, f"history[{k}][1]", pair[1]))
+        msgs.append(Message("assistant", answer, reasoning=reasoning))
     instruction = _text(rec, "instruction", d.get("instruction"))
     inp = _text(rec, "input", d.get("input"), required=False)
     user = f"{instruction}\n\n{inp}" if inp.strip() else instruction
     msgs.append(Message("user", user))
-    msgs.append(Message("assistant", _text(rec, "output", d.get("output"))))
+    answer, reasoning = assistant_text(rec, "output", _text(rec, "output", d.get("output")))
+    msgs.append(Message("assistant", answer, reasoning=reasoning))
     return msgs, None
 
 
@@ -215,6 +259,10 @@ def from_sharegpt(rec: RawRecord) -> tuple[list[Message], Tools]:
         elif SHAREGPT_ROLES[who] == "tool":
             call = link.result(f"conversations[{k}]", t.get("tool_call_id"))
             msgs.append(Message("tool", _text(rec, field, value), tool_call_id=call.id, name=call.name))
+        elif SHAREGPT_ROLES[who] == "assistant":
+            answer, reasoning = assistant_text(rec, field, _text(rec, field, value), t)
+            msgs.append(Message("assistant", answer, reasoning=reasoning))
+            link.turn()
         else:
             msgs.append(Message(SHAREGPT_ROLES[who], _text(rec, field, value)))
             link.turn()
@@ -256,7 +304,10 @@ def _message(rec: RawRecord, k: int, m: object, link: ToolLinker) -> Message:
     calls = _message_calls(rec, k, m, link) if role == "assistant" else ()
     link.turn(calls)
     content = "" if calls and m.get("content") is None else _content(rec, field, m.get("content"))
-    return Message(role, content, train=weight > 0, tool_calls=calls)
+    reasoning = ""
+    if role == "assistant":
+        content, reasoning = assistant_text(rec, field, content, m)
+    return Message(role, content, train=weight > 0, tool_calls=calls, reasoning=reasoning)
 
 
 def from_messages(rec: RawRecord) -> tuple[list[Message], Tools]:
@@ -276,7 +327,8 @@ def from_prompt_completion(rec: RawRecord) -> tuple[list[Message], Tools]:
     if system.strip():
         msgs.append(Message("system", system))
     msgs.append(Message("user", _text(rec, "prompt", d.get("prompt"))))
-    msgs.append(Message("assistant", _text(rec, "completion", d.get("completion"))))
+    answer, reasoning = assistant_text(rec, "completion", _text(rec, "completion", d.get("completion")))
+    msgs.append(Message("assistant", answer, reasoning=reasoning))
     return msgs, None
 
 
@@ -347,7 +399,7 @@ def check_turns(rec: RawRecord, msgs: list[Message]) -> None:
     for m in body:
         if m.role in seen:
             seen[m.role] += 1
-            if not m.content.strip() and not m.tool_calls:
+            if not m.content.strip() and not m.tool_calls and not m.reasoning.strip():
                 raise _err(rec, "<turns>", f"{m.role} turn {seen[m.role]} is empty")
 
 

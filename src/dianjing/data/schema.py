@@ -5,6 +5,12 @@ Tool calling (see docs/data-formats.md, "Tool calls"): an assistant message may 
 message is the result of one call (`tool_call_id` and `name` say which), and a conversation
 may list the `tools` it offers, as JSON-schema function specs ({name, description, parameters}).
 `as_dicts` and `tool_specs` give them in the shape Hugging Face chat templates expect.
+
+Reasoning (see docs/templates.md): an assistant message may carry the reasoning that came before its
+answer, read from an OpenAI-style `reasoning_content` (or `reasoning`) field or from a
+`<think>…</think>` block that opens its content. It is kept apart from `content` (the answer), and
+data/locate.py gives it to each template the way that template takes it (data.reasoning says which
+turns keep it).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()  # assistant turns: the calls it makes (content may then be "")
     tool_call_id: str | None = None  # tool results: the id of the call this answers
     name: str | None = None  # tool results: the name of the function that was called
+    reasoning: str = ""  # assistant turns: the reasoning before the answer (without its <think> tags)
 
     def as_dict(self) -> dict:
         """{role, content}, plus tool_calls on a calling turn and tool_call_id/name on a tool result."""

@@ -3,16 +3,26 @@
 Built-ins are Jinja strings in the same dialect as Hugging Face chat templates, so a
 single renderer serves both, and `export` can write the template a run was trained
 with into the exported tokenizer for other engines to use.
+
+Two things travel with a template into the run folder (template.json), so that chat and serve
+render exactly as training did: its options (`data.template_kwargs`, e.g. Qwen3's
+`enable_thinking`), passed to every render as template variables, and its environment, which
+understands the `{% generation %}…{% endgeneration %}` markers of templates written for TRL's
+assistant-only loss (SmolLM3's): rendered plainly, or, for data/locate.py, with the marked text
+between two marker characters.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 
 import jinja2
+from jinja2 import meta, nodes
+from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dianjing.data.tools import JINJA_CALLS, JINJA_TOOLS_BLOCK
@@ -88,6 +98,34 @@ def _raise(msg: str):
     raise jinja2.exceptions.TemplateError(msg)
 
 
+MARKS_VAR = "_dj_generation_marks"  # the render variable that asks the generation tag to mark its text
+GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+# the variables every render sets itself: data.template_kwargs may not set them
+RESERVED = ("messages", "add_generation_prompt", "tools", "bos_token", "eos_token", "add_bos", MARKS_VAR)
+
+
+class GenerationTag(Extension):
+    """`{% generation %}…{% endgeneration %}` (transformers' assistant-mask markers): the body renders as
+    it is; when the render sets MARKS_VAR to (open, close), the body comes between those two characters."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_mark", [nodes.ContextReference()]), [], [], body).set_lineno(lineno)
+
+    def _mark(self, context, caller) -> str:
+        marks = context.get(MARKS_VAR)
+        text = caller()
+        return f"{marks[0]}{text}{marks[1]}" if marks else text
+
+
+def now() -> datetime:
+    """The clock templates read through strftime_now (Llama 3.2, SmolLM3 print today's date)."""
+    return datetime.now()
+
+
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
     """Hugging Face's `tojson` (jinja2's own sorts keys and escapes <, >, &, ' for HTML), so tool lists
     and arguments render as they do in transformers and the engines that read the exported template."""
@@ -118,25 +156,51 @@ class ChatTemplate:
     eos_token: str | None
     add_bos: bool
     stop_strings: tuple[str, ...] = ()
+    kwargs: dict = field(default_factory=dict)  # data.template_kwargs: extra template variables
 
     def __post_init__(self) -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
+                                            extensions=["jinja2.ext.loopcontrols", GenerationTag])
         env.globals["raise_exception"] = _raise
         env.filters["tojson"] = _tojson
-        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+        env.globals["strftime_now"] = lambda fmt: now().strftime(fmt)
         try:
             self._compiled = env.from_string(self.source)
+            self._reads = meta.find_undeclared_variables(env.parse(self.source))
         except jinja2.TemplateSyntaxError as e:
-            raise ConfigError(f"chat template '{self.name}' is not valid Jinja: {e}") from None
+            raise ConfigError(f"chat template '{self.name}' is not valid Jinja: {e}",
+                              fix="fix the template's Jinja, or choose another with data.template") from None
+        self._check_kwargs()
+
+    def _check_kwargs(self) -> None:
+        for key in self.kwargs:
+            if key in RESERVED:
+                raise ConfigError(f"data.template_kwargs.{key}: '{key}' is set by dianjing for every render",
+                                  fix=f"remove it; template_kwargs may not set {', '.join(RESERVED[:-1])}")
+            if key not in self._reads:
+                # its own variables are no options, unless it gives them a default (`if x is not defined`)
+                assigned = set(re.findall(r"{%-?\s*set\s+(\w+)", self.source))
+                defaulted = set(re.findall(r"(\w+)\s+is\s+(?:not\s+)?defined", self.source))
+                reads = sorted(v for v in self._reads - (assigned - defaulted)
+                               if v not in RESERVED and v not in ("raise_exception", "strftime_now"))
+                raise ConfigError(f"data.template_kwargs.{key}: chat template '{self.name}' never reads '{key}'",
+                                  fix="the template reads " + (", ".join(reads) if reads else "no option")
+                                      + "; remove or rename the key")
+
+    @property
+    def has_generation_marks(self) -> bool:
+        """Does the template mark assistant text with {% generation %} (SmolLM3, TRL-style templates)?"""
+        return bool(GENERATION_TAG.search(self.source))
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False,
-               tools: list[dict] | None = None) -> str:
+               tools: list[dict] | None = None, marks: tuple[str, str] | None = None) -> str:
         """The template's text for `messages` (and `tools`, as apply_chat_template(..., tools=) passes them:
-        [{"type": "function", "function": spec}], or None)."""
+        [{"type": "function", "function": spec}], or None), with the template's kwargs. With `marks`, the text
+        of each {% generation %} block comes between marks[0] and marks[1]."""
         return self._compiled.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
+            **self.kwargs, messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
             bos_token=self.bos_token or "", eos_token=self.eos_token or "", add_bos=self.add_bos,
+            **({MARKS_VAR: marks} if marks else {}),
         )
 
     @cached_property
@@ -150,15 +214,31 @@ class ChatTemplate:
             return False
         return all(mark in text for mark in PROBE_MARKS)
 
+    @cached_property
+    def reasoning_style(self) -> str:
+        """How the template takes an answer's reasoning, tried once on a probe: 'field' (it renders the
+        `reasoning_content` of a message: Qwen3), 'inline' (it renders `<think>…</think>` written into the
+        content: templates without a notion of reasoning) or 'dropped' (neither: DeepSeek's strip it)."""
+        user = {"role": "user", "content": "dj-probe-question"}
+        field_msg = {"role": "assistant", "content": "dj-probe-answer", "reasoning_content": "dj-probe-thought"}
+        inline_msg = {"role": "assistant", "content": "<think>\ndj-probe-thought\n</think>\n\ndj-probe-answer"}
+        for style, msg in (("field", field_msg), ("inline", inline_msg)):
+            try:
+                if "dj-probe-thought" in self.render([user, msg]):
+                    return style
+            except Exception:  # noqa: BLE001  a template that fails on the probe does not take it that way
+                pass
+        return "dropped"
+
     def to_json(self) -> dict:
         return {"name": self.name, "source": self.source, "bos_token": self.bos_token,
                 "eos_token": self.eos_token, "add_bos": self.add_bos,
-                "stop_strings": list(self.stop_strings)}
+                "stop_strings": list(self.stop_strings), "kwargs": dict(self.kwargs)}
 
     @classmethod
     def from_json(cls, d: dict) -> "ChatTemplate":
         return cls(d["name"], d["source"], d.get("bos_token"), d.get("eos_token"), d.get("add_bos", False),
-                   tuple(d.get("stop_strings", ())))
+                   tuple(d.get("stop_strings", ())), dict(d.get("kwargs") or {}))
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:
@@ -169,8 +249,11 @@ def tokenizer_adds_bos(tokenizer) -> bool:
     return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-def choose_template(name: str, tokenizer) -> tuple[ChatTemplate, str]:
-    """Pick the template for a tokenizer; returns it and a sentence saying what was chosen."""
+def choose_template(name: str, tokenizer, kwargs: dict | None = None) -> tuple[ChatTemplate, str]:
+    """Pick the template for a tokenizer; returns it and a sentence saying what was chosen. `kwargs`
+    (data.template_kwargs) are passed to every render of it, and kept with it in the run folder."""
+    kwargs = dict(kwargs or {})
+    with_kwargs = f" with {', '.join(f'{k}={v!r}' for k, v in kwargs.items())}" if kwargs else ""
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, dict):  # some tokenizers carry several named templates
         own = own.get("default") or next(iter(own.values()), None)
@@ -178,8 +261,8 @@ def choose_template(name: str, tokenizer) -> tuple[ChatTemplate, str]:
     common = dict(bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
     if name in ("auto", "model") and own:
         # The model's template decides about BOS itself (most write {{ bos_token }}).
-        return (ChatTemplate("model", own, add_bos=False, **common),
-                "template: the model's own chat template")
+        return (ChatTemplate("model", own, add_bos=False, kwargs=kwargs, **common),
+                "template: the model's own chat template" + with_kwargs)
     if name == "model":
         raise ConfigError("data.template is 'model' but the tokenizer has no chat template",
                           fix=f"set data.template to one of {', '.join(BUILTIN_TEMPLATES)}")
@@ -194,4 +277,4 @@ def choose_template(name: str, tokenizer) -> tuple[ChatTemplate, str]:
         raise ConfigError("the tokenizer has no EOS token, so answers cannot be ended",
                           fix="use a tokenizer with an eos_token, or data.template=chatml")
     return (ChatTemplate(name, BUILTIN_TEMPLATES[name], add_bos=add_bos,
-                         stop_strings=tuple(BUILTIN_STOPS[name]), **common), why)
+                         stop_strings=tuple(BUILTIN_STOPS[name]), kwargs=kwargs, **common), why + with_kwargs)

@@ -4,6 +4,7 @@ LM with an adapter (or fully fine-tuned), the fused sparse loss, compiled blocks
 from __future__ import annotations
 
 from dianjing.data.batching import collate, collate_packed
+from dianjing.data.diagnose import diagnose
 from dianjing.data.load import load_conversations, split_eval
 from dianjing.data.render import RenderStats, render_all
 from dianjing.data.templates import choose_template
@@ -25,8 +26,9 @@ def build(ctx: Context) -> Setup:
     if cfg.train.batching == "packed" and cfg.adapter.method == "prompt_tuning":
         raise ConfigError("train.batching: packed cannot be used with prompt tuning: its virtual tokens would "
                           "come before the first example of a row only", fix="use train.batching: length_grouped")
-    template, why = choose_template(cfg.data.template, ctx.tokenizer)
+    template, why = choose_template(cfg.data.template, ctx.tokenizer, cfg.data.template_kwargs)
     log(why)
+    log(diagnose(template, cfg.data.loss_on, cfg.data.reasoning, cfg.data.system_prompt).text())
     train_set, eval_set, stats, load_report = _data(ctx, template)
     model, total = _model(ctx)
     loss_fn = SFTLoss(model, cfg.train.logits, log=log)
@@ -78,14 +80,17 @@ def _data(ctx: Context, template):
     else:
         train_convs, eval_convs = split_eval(convs, cfg.data.eval_fraction, cfg.train.seed)
     stats = RenderStats()
-    train_set = render_all(train_convs, ctx.tokenizer, template, cfg.data.max_length, cfg.data.loss_on, stats)
-    eval_set = render_all(eval_convs, ctx.tokenizer, template, cfg.data.max_length, cfg.data.loss_on)
+    train_set = render_all(train_convs, ctx.tokenizer, template, cfg.data.max_length, cfg.data.loss_on, stats,
+                           cfg.data.reasoning)
+    eval_set = render_all(eval_convs, ctx.tokenizer, template, cfg.data.max_length, cfg.data.loss_on,
+                          reasoning=cfg.data.reasoning)
     if not train_set:
         raise DianjingError("no training example has a supervised token left",
                             fix="raise data.max_length; `dianjing validate` shows the examples")
     log(f"data: {stats.kept} training examples ({stats.tokens} tokens, {stats.supervised_tokens} supervised), "
         f"{len(eval_set)} held out; truncated {stats.truncated}; dropped {sum(stats.dropped.values())}"
         + "".join(f"\n  dropped {n}: {why}" for why, n in stats.dropped.items())
+        + "".join(f"\n  not trained, in {n} turns: {why}" for why, n in stats.not_trained.items())
         + "".join(f"\n  skipped {n} records: {why}" for why, n in load_report.skipped.items()))
     return train_set, eval_set, stats, load_report
 

@@ -95,12 +95,21 @@ def test_template_choice_without_chat_template(make_tokenizer):
     assert template.name == "plain" and "no chat template" in why
 
 
-def test_prefix_unstable_template_is_refused(tok):
+def test_a_last_turn_rendered_differently_is_located_by_what_the_template_renders(tok):
+    """A template that renders the last message differently from history (as Qwen3 does) is no longer refused:
+    each answer is located where the template renders it."""
+    from dianjing.data.templates import ChatTemplate
+
+    odd = ChatTemplate("model", "{% for m in messages %}{% if loop.last %}LAST {% endif %}{{ m.content }}{{ eos_token }}"
+                                "{% endfor %}", "<s>", "</s>", False)
+    assert [t for t, sup in segments(CONV, odd) if sup] == ["Hello! 我是點睛。</s>", "LAST It is 4.</s>"]
+
+
+def test_a_template_whose_answers_cannot_be_located_is_refused_with_the_cause(tok):
     from dianjing.data.templates import ChatTemplate
     from dianjing.errors import DataError
 
-    # renders earlier turns differently once a later turn exists
-    bad = ChatTemplate("model", "{% for m in messages %}{% if loop.last %}LAST {% endif %}{{ m.content }}{{ eos_token }}"
-                                "{% endfor %}", "<s>", "</s>", False)
-    with pytest.raises(DataError, match="prefix-stably"):
-        segments(CONV, bad)
+    twice = ChatTemplate("model", "{% for m in messages %}{{ m.content }}{{ m.content }}{{ eos_token }}{% endfor %}",
+                         "<s>", "</s>", False)
+    with pytest.raises(DataError, match="renders no usable two-turn conversation: it does not render every message of a two-turn conversation exactly once"):
+        segments(CONV, twice)
