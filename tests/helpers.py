@@ -67,3 +67,43 @@ def lcs_dp(a, b) -> int:
             cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
         prev = cur
     return prev[-1]
+
+
+# --- lifelong (continual) runs: tiny tasks and sequence files ----------------------------------
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def colour_tasks(folder: Path, n: int = 8) -> tuple[Path, Path, Path]:
+    """Three tasks a tiny model can memorise, with disjoint answers: after learning a later one, a model
+    that kept nothing of an earlier one cannot give any of its answers (forgetting is certain)."""
+    out = []
+    for name, letter, (x, y) in (("t1", "a", ("red", "blue")), ("t2", "b", ("green", "gold")),
+                                 ("t3", "c", ("pink", "grey"))):
+        out.append(write_jsonl(folder / f"{name}.jsonl",
+                               [{"question": f"{letter} {i}", "answer": x if i < n // 2 else y} for i in range(n)]))
+    return tuple(out)
+
+
+def write_sequence(path: Path, tree: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def colour_sequence(folder: Path, model, strategy: str = "lamol", tasks: int = 2, **train) -> Path:
+    """A fast, deterministic sequence over the colour tasks (full fine-tuning, fp32, one thread); each task is
+    scored on its own training examples."""
+    files = colour_tasks(folder)
+    tree = {
+        "strategy": strategy, "lamol": {"gamma": 2.0}, "max_length": 48,
+        "model": {"name": str(model), "precision": "fp32"}, "adapter": {"method": "full"},
+        "train": {"epochs": 30, "batch_size": 4, "lr": 5e-3, "warmup_ratio": 0, "threads": 1,
+                  "save_every": 1000, "eval_every": 1000, **train},
+        "tasks": [{"name": f.stem, "files": [f.name], "eval_files": [f.name], "format": "qa", "metric": "accuracy"}
+                  for f in files[:tasks]],
+    }
+    return write_sequence(folder / "seq.yaml", tree)

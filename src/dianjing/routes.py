@@ -1,7 +1,8 @@
 """Which builder a run's `task.type` uses (see `dianjing.train.setup`).
 
 The training loop asks this table, so `train/` never imports a route package: chat SFT is
-built by `train/sft.py`, the specialist heads by `specialist/task.py`.
+built by `train/sft.py`, the specialist heads by `specialist/task.py`, a stage of a continual
+run by `lifelong/route.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ ROUTES = {
     "pair": "dianjing.specialist.task:build",
     "tag": "dianjing.specialist.task:build",
     "extract-qa": "dianjing.specialist.task:build",
+    "lifelong": "dianjing.lifelong.route:build",
 }
+GENERATIVE = ("sft", "lifelong")  # causal LMs trained on their own output layer (no new fp32 head)
 
 
 def builder_for(task_type: str) -> Callable:

@@ -15,6 +15,9 @@
 run.json and summary.json are written last, so a folder with a config but without them is a
 run that has not finished (or was killed): `dianjing train --resume` continues it.
 
+A continual run (`dianjing train --continual`, lifelong/driver.py) is a folder with continual.yaml
+whose stages/NN-task/ are run folders of this kind, one per task.
+
 `RunFolder.kind` answers "what is this?" and `RunFolder.require` turns a wrong kind into an
 error that says what the folder is and which command fits it.
 """
@@ -29,6 +32,7 @@ from dianjing.errors import DianjingError
 
 CHAT_ADAPTER, CHAT_FULL, SPECIALIST, UNFINISHED, NOT_A_RUN = (
     "chat-adapter", "chat-full", "specialist", "unfinished", "not-a-run")
+CONTINUAL = "continual"  # `dianjing train --continual`: stages/NN-task/ are its runs (lifelong/driver.py)
 
 # what each kind is, in words, and the commands that take it
 DESCRIBE = {
@@ -36,6 +40,7 @@ DESCRIBE = {
     CHAT_FULL: "a chat run (a fully fine-tuned model)",
     SPECIALIST: "a specialist run (a backbone with a task head)",
     UNFINISHED: "a run that has not finished (no run.json yet)",
+    CONTINUAL: "a continual run (one run folder per task in its stages/)",
     NOT_A_RUN: "not a dianjing run folder",
 }
 COMMANDS = {
@@ -45,6 +50,8 @@ COMMANDS = {
                "dianjing eval {p} --mixture M.yaml --held-out",
     SPECIALIST: "dianjing eval {p} --data FILE · dianjing predict {p} FILE",
     UNFINISHED: "dianjing train --resume {p}",
+    CONTINUAL: "dianjing chat {p}/stages/<stage> (each stage is a chat run) · dianjing train --resume {p} "
+               "(if it has not finished)",
     NOT_A_RUN: "pass a folder printed by `dianjing train`",
 }
 
@@ -102,6 +109,8 @@ class RunFolder:
         p = self.path
         if not p.is_dir():
             return NOT_A_RUN
+        if (p / "continual.yaml").is_file():
+            return CONTINUAL
         if self.info_path.exists():
             info = self.info()  # a damaged run.json is an error that says so, not "not a run"
             if info.get("task", "sft") != "sft" or self.specialist.exists():

@@ -2,7 +2,7 @@
 
 - docs/configuration.md is what scripts/gen_config_docs.py generates from config.py now;
 - every ```yaml block in README.md and docs/*.md is marked with its kind
-  (`<!-- yaml: run|mixture|registry|synth|skip -->` on the line before it) and loads with the
+  (`<!-- yaml: run|mixture|registry|synth|sequence|skip -->` on the line before it) and loads with the
   loader of that kind;
 - every `dianjing …` command in a ```bash / ```sh / ```console block parses with the real
   argument parser, so a renamed or removed flag fails here;
@@ -25,7 +25,7 @@ import pytest
 
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-YAML_KINDS = ("run", "mixture", "registry", "synth", "skip")
+YAML_KINDS = ("run", "mixture", "registry", "synth", "sequence", "skip")
 SHELL_LANGS = ("bash", "sh", "shell", "console")
 CONTROL = {"&&", "||", ";", "|", "&", "|&"}
 
@@ -120,6 +120,10 @@ def _load(kind: str, path: Path):
         from dianjing.teacher.settings import load_synth_config
 
         return load_synth_config(path, [])
+    if kind == "sequence":
+        from dianjing.lifelong.sequence import load_sequence
+
+        return load_sequence(path)  # validates the sequence file; the tasks' data are read when training
     raise AssertionError(kind)
 
 

@@ -14,6 +14,9 @@ def add_parser(sub) -> None:
     add_config_options(p)
     p.add_argument("--output-dir", "-o", help="run folder (default: runs/<date>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete checkpoint")
+    p.add_argument("--continual", metavar="SEQUENCE.yaml",
+                   help="learn the tasks of a sequence file one after another (lifelong learning: sequential, "
+                        "lamol, replay or multitask; --set applies to the sequence file's keys; docs/lifelong.md)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train in N processes on this machine (N GPUs, or N CPU processes with gloo): runs "
                         "`torchrun --standalone --nproc-per-node N -m dianjing train ...` for you")
@@ -85,6 +88,8 @@ def _train(args) -> int:
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun one process speaks: rank 0
         log = lambda *_: None  # noqa: E731
+    if args.continual or (args.resume and _continual_folder(args.resume)):
+        return _continual(args, log)
     if args.resume:
         run_dir, summary = resume(Path(args.resume), log=log)
     else:
@@ -106,4 +111,42 @@ def _train(args) -> int:
         log(f"try it:     dianjing predict {run_dir} FILE   |   dianjing eval {run_dir} --data FILE")
     if os.environ.get("RANK", "0") == "0":
         print(run_dir)
+    return 0
+
+
+def _continual_folder(path: str) -> bool:
+    """Is this a continual run (resumed as a whole)? A stage of one is refused: resuming it alone would
+    not go on to the next tasks."""
+    from dianjing.errors import DianjingError
+    from dianjing.lifelong.driver import is_continual, is_stage
+
+    if is_stage(path) and not is_continual(path):
+        parent = Path(path).resolve().parent.parent
+        raise DianjingError(f"{path} is one stage of the continual run {parent}",
+                            fix=f"`dianjing train --resume {parent}` continues the whole sequence from this stage")
+    return is_continual(path)
+
+
+def _continual(args, log) -> int:
+    """dianjing train --continual SEQUENCE.yaml (or --resume of a continual run): the stages, then the table."""
+    from dianjing.errors import ConfigError
+    from dianjing.lifelong.driver import resume_sequence, train_sequence
+
+    given = [flag for flag, v in (("CONFIG", args.config), ("--data", args.data), ("--eval-data", args.eval_data),
+                                  ("--task", args.task), ("--format", args.format), ("--columns", args.columns),
+                                  ("--template", args.template)) if v]
+    if given or args.nproc != 1:
+        raise ConfigError(f"{', '.join(given) or '--nproc'} cannot be used with a continual run: its tasks, data and "
+                          "settings are in the sequence file", fix="put them in the sequence file (docs/lifelong.md), "
+                                                                   "or use --set KEY=VALUE on its keys")
+    if args.resume:
+        if args.continual or args.set or args.model:
+            raise ConfigError("--resume continues a continual run with the settings it was started with",
+                              fix=f"`dianjing train --resume {args.resume}` alone")
+        run_dir, _ = resume_sequence(Path(args.resume), log=log)
+    else:
+        overrides = ([f"model.name={args.model}"] if args.model else []) + args.set
+        run_dir, _ = train_sequence(args.continual, overrides, args.output_dir, log=log)
+    log(f"run folder: {run_dir} (results.json, results.md, results.png; each stage in stages/)")
+    print(run_dir)
     return 0

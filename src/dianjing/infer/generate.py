@@ -36,6 +36,7 @@ class SamplingParams:
     top_p: float = 0.9
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    top_k: int = 0  # sample among the k likeliest tokens only (0: no limit); top-p then applies within them
 
 
 def prompt_ids(tokenizer, template: ChatTemplate, messages: list[dict]) -> list[int]:
@@ -67,7 +68,7 @@ TOP_P_FIRST_K = 1024  # top-p looks for the nucleus among this many likeliest to
 
 
 def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
-    """One token from `logits` [vocab]: greedy at temperature 0, else temperature + top-p sampling.
+    """One token from `logits` [vocab]: greedy at temperature 0, else temperature + top-k / top-p sampling.
 
     Draws by inverting the cumulative distribution (torch.multinomial over a 262k vocabulary costs
     ~7 ms a token on a CPU, this ~0.3 ms), and finds the top-p nucleus among the likeliest
@@ -78,7 +79,11 @@ def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
         return int(logits.argmax())
     probs = full = _probs(logits, p.temperature)
     order = None
-    if p.top_p < 1.0:
+    if 0 < p.top_k < full.numel():
+        probs, order = full.topk(p.top_k)  # sorted, likeliest first; the draw below renormalises
+        if p.top_p < 1.0:
+            probs = probs * (probs.cumsum(0) - probs < p.top_p * probs.sum())
+    elif p.top_p < 1.0:
         probs, order = full.topk(min(TOP_P_FIRST_K, full.numel()))  # sorted, likeliest first
         if float(probs.sum()) < p.top_p and len(order) < logits.numel():  # a wide nucleus: sort them all
             probs, order = full.sort(descending=True)

@@ -24,7 +24,7 @@ from dianjing.config import RunConfig, dump_config, load_config
 from dianjing.data.batching import epoch_order
 from dianjing.errors import DianjingError
 from dianjing.models.load import load_tokenizer, resolve_model
-from dianjing.routes import builder_for
+from dianjing.routes import GENERATIVE, builder_for
 from dianjing.run_folder import RunFolder
 from dianjing.train import checkpoint as ckpt
 from dianjing.train.compile import eager as compile_eager
@@ -112,7 +112,8 @@ class Trainer:
         tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code, log=log)
         self.precision = precision.for_training(cfg.model.precision, full=cfg.adapter.method == "full",
                                                 adapter_compute=cfg.adapter.compute,
-                                                fp32_head=cfg.task.type != "sft", device_setting=cfg.model.device)
+                                                fp32_head=cfg.task.type not in GENERATIVE,
+                                                device_setting=cfg.model.device)
         # "auto" is a speed measurement and can come out differently under load: pin what this run
         # uses, so that a resumed run computes in the same precision (and on the same kind of device)
         self._pin(cfg.model, "precision", self.precision.name)

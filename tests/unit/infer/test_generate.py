@@ -162,3 +162,19 @@ def test_answer_start_drops_only_the_leading_whitespace():
 
     start = AnswerStart()
     assert [start(p) for p in (" ", "\n", " Hi", " there", " ")] == ["", "", "Hi", " there", " "]
+
+
+def test_top_k_samples_among_the_k_likeliest_only():
+    from dianjing.infer import generate
+
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(5)
+    for _ in range(3000):
+        counts[generate._sample(logits, SamplingParams(temperature=1.0, top_p=1.0, top_k=2), gen)] += 1
+    want = torch.softmax(logits[:2], 0)
+    assert counts[2:].sum() == 0 and torch.allclose(counts[:2] / 3000, want, atol=0.03)
+    # top-p within the top k, over their renormalised mass; top_k 0 (the default) changes nothing
+    for _ in range(200):
+        assert generate._sample(logits, SamplingParams(temperature=1.0, top_p=0.5, top_k=3), gen) == 0
+    assert SamplingParams().top_k == 0
