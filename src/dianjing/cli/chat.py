@@ -39,7 +39,8 @@ def local_replier(args) -> Replier:
 
     model, tok, template = load_run(args.target, log=log, device=args.device)
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_p, seed=args.seed)
-    return lambda history: stream(model, tok, prompt_ids(tok, template, history), params, template.stop_strings)
+    return lambda history: stream(model, tok, prompt_ids(tok, template, history), params, template.stop_strings,
+                                  template)
 
 
 def remote_replier(args) -> Replier:

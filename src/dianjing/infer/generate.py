@@ -53,13 +53,32 @@ def model_device(model) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def eos_ids(model, tokenizer) -> set[int]:
-    """Token ids that end an answer: the tokenizer's EOS plus the model's generation_config EOS ids."""
+def eos_ids(model, tokenizer, template: ChatTemplate | None = None) -> set[int]:
+    """Token ids that end an answer: the tokenizer's EOS, the model's generation_config EOS ids and,
+    given the chat template, its end-of-turn token (Gemma's <end_of_turn>, ChatML's <|im_end|>): the
+    token training supervised at the end of every answer, whatever the model folder's config says."""
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     gcfg = getattr(model, "generation_config", None)
     if gcfg is not None and gcfg.eos_token_id is not None:
         eos |= set(gcfg.eos_token_id if isinstance(gcfg.eos_token_id, list) else [gcfg.eos_token_id])
-    return eos
+    return eos | turn_end_ids(tokenizer, template)
+
+
+def turn_end_ids(tokenizer, template: ChatTemplate | None) -> set[int]:
+    """The template's end of turn as a token id, where it is one token of the vocabulary (else none:
+    a text end of turn is caught by the template's stop strings)."""
+    if template is None:
+        return set()
+    import jinja2
+
+    from dianjing.data.locate import shape
+
+    try:
+        end = shape(template).end
+    except (jinja2.TemplateError, ValueError):
+        return set()
+    ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+    return set(ids) if len(ids) == 1 and end in tokenizer.get_vocab() else set()
 
 
 MIN_TEMPERATURE = 1e-6  # below this sampling is greedy: in fp32 (x - max) / t underflows t to 0 (0 / 0 = NaN)
@@ -170,10 +189,11 @@ class TextStream:
 
 @torch.inference_mode()
 def stream(model, tokenizer, ids: list[int], params: SamplingParams,
-           stop_strings: tuple[str, ...] = ()) -> Iterator[str]:
-    """Yield pieces of text as they are generated; stops at EOS or at a stop string."""
+           stop_strings: tuple[str, ...] = (), template: ChatTemplate | None = None) -> Iterator[str]:
+    """Yield pieces of text as they are generated; stops at EOS (and the template's end of turn) or at a
+    stop string."""
     gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-    eos = eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer, template)
     text = TextStream(tokenizer, (*stop_strings, *params.stop))
     past = None
     dev = model_device(model)
@@ -197,7 +217,7 @@ def stream(model, tokenizer, ids: list[int], params: SamplingParams,
 
 def complete(model, tokenizer, template: ChatTemplate, messages: list[dict], params: SamplingParams) -> str:
     ids = prompt_ids(tokenizer, template, messages)
-    return "".join(stream(model, tokenizer, ids, params, template.stop_strings))
+    return "".join(stream(model, tokenizer, ids, params, template.stop_strings, template))
 
 
 # --- batched generation: many sequences in one left-padded KV cache ---------------------------
@@ -334,10 +354,10 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], params: SamplingP
 
 @torch.inference_mode()
 def continue_batch(model, tokenizer, batch: KVBatch, logits: torch.Tensor, params: SamplingParams,
-                   stop_strings: tuple[str, ...] = ()) -> list[str]:
-    """Decode every row of a prefilled batch (whose next-token logits are `logits`) until EOS, a stop
-    string or max_new_tokens; rows that finish leave the batch. Consumes `batch`."""
-    eos = eos_ids(model, tokenizer)
+                   stop_strings: tuple[str, ...] = (), template: ChatTemplate | None = None) -> list[str]:
+    """Decode every row of a prefilled batch (whose next-token logits are `logits`) until EOS (and the
+    template's end of turn), a stop string or max_new_tokens; rows that finish leave the batch. Consumes `batch`."""
+    eos = eos_ids(model, tokenizer, template)
     n = logits.shape[0]
     gens = [torch.Generator().manual_seed(params.seed + i) if params.seed is not None else None
             for i in range(n)]

@@ -59,7 +59,7 @@ class ModelSet:
 
 
 def _served(name: str, adapter: str | None, model, tok, template: ChatTemplate) -> Served:
-    return Served(name, adapter, tok, template, eos_ids(model, tok))
+    return Served(name, adapter, tok, template, eos_ids(model, tok, template))
 
 
 def load_models(targets: list[str], precision: str = "auto", log: Callable[[str], None] = print,

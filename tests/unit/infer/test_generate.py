@@ -178,3 +178,18 @@ def test_top_k_samples_among_the_k_likeliest_only():
     for _ in range(200):
         assert generate._sample(logits, SamplingParams(temperature=1.0, top_p=0.5, top_k=3), gen) == 0
     assert SamplingParams().top_k == 0
+
+
+def test_the_templates_end_of_turn_token_ends_generation(make_tokenizer):
+    """A model folder whose EOS is </s> but whose template ends turns with <|im_end|> (an added special
+    token, dropped from the decoded text) must stop there: the token training supervised."""
+    from dianjing.data.templates import choose_template
+    from dianjing.infer.generate import eos_ids, turn_end_ids
+
+    tok = make_tokenizer(specials=("<|im_start|>", "<|im_end|>"))
+    chatml, _ = choose_template("chatml", tok)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert turn_end_ids(tok, chatml) == {end}
+    assert end in eos_ids(None, tok, chatml) and end not in eos_ids(None, tok)
+    plain, _ = choose_template("plain", tok)  # ends its turns with the tokenizer's own EOS
+    assert turn_end_ids(tok, plain) == {tok.eos_token_id}
