@@ -18,6 +18,12 @@ ALLOWED = {
     ("generalist/registry.py", "ValueError", "task '"): "pydantic validator: load_registry reports it as a "
                                                         "ConfigError with the file and key",
     ("generalist/registry.py", "ValueError", "task names must be unique"): "pydantic validator, as above",
+    ("lifelong/sequence.py", "ValueError", "must contain {task}"): "pydantic validator: load_sequence reports it "
+                                                                  "as a ConfigError naming the file and key",
+    ("lifelong/sequence.py", "ValueError", "fields: "): "pydantic validator, as above",
+    ("lifelong/sequence.py", "ValueError", "question applies"): "pydantic validator, as above",
+    ("lifelong/sequence.py", "ValueError", "task name "): "pydantic validator, as above",
+    ("lifelong/evaluate.py", "ValueError", "unknown metric"): "metric is a Literal of the sequence schema",
     ("cli/common.py", "TypeError", ""): "a programming error: a CLI choice tied to a config field that is no Literal",
     ("data/bad_records.py", "ValueError", "on_error must be"): "on_error comes from a Literal config field or "
                                                                 "argparse choices; only code can pass another",

@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
                     "`dianjing train --data OUT` reads. Killed runs continue where they stopped when started "
                     "again with the same command.")
     p.add_argument("config", nargs="?", help="YAML config (sections teacher, generate, filters, output)")
-    p.add_argument("--teacher-url", metavar="URL", help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--teacher-url", metavar="URL", action="append",
+                   help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1; repeated, several servers of the "
+                        "same model share the requests (one that fails is taken out for a while)")
     p.add_argument("--teacher-model", metavar="NAME", help="model name the server serves")
     p.add_argument("--seeds", metavar="FILE", help="seed tasks in self-instruct's seed_tasks.jsonl format "
                                                    "(default: the built-in zh-TW / English seeds)")
@@ -42,7 +44,7 @@ def run(args) -> int:
     from dianjing.teacher.settings import check_teacher, load_synth_config
 
     overrides = []
-    for flag, key in (("teacher_url", "teacher.base_url"), ("teacher_model", "teacher.model"),
+    for flag, key in (("teacher_model", "teacher.model"),
                       ("seeds", "generate.seeds"), ("out", "output.out"),
                       ("num_instructions", "generate.num_instructions"), ("mode", "generate.mode"),
                       ("device", "teacher.device")):
@@ -50,7 +52,8 @@ def run(args) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_synth_config(args.config, overrides + args.set)
-    if args.teacher_url is not None:  # a URL on the command line wins over a local model in the YAML
+    if args.teacher_url is not None:  # URLs on the command line win over the YAML's, and over a local model
+        cfg.teacher.base_url = args.teacher_url[0] if len(args.teacher_url) == 1 else args.teacher_url
         cfg.teacher.local_model = None
     check_teacher(cfg)
     if cfg.teacher.local_model:  # a GPU this machine lacks fails now, not after the first stage's prompts
@@ -59,7 +62,7 @@ def run(args) -> int:
         raise ConfigError("--device is for a local teacher (teacher.local_model); a server teacher computes "
                           "wherever its server runs", fix="leave --device out, or use --set teacher.local_model=PATH")
     synth = Synth(cfg, log)
-    log(f"teacher: {cfg.teacher.base_url or 'local ' + str(cfg.teacher.local_model)}"
+    log(f"teacher: {', '.join(cfg.teacher.urls()) or 'local ' + str(cfg.teacher.local_model)}"
         f"{' model ' + cfg.teacher.model if cfg.teacher.model else ''}; terms of use: {cfg.teacher.terms_of_use}")
     log(f"work folder: {synth.work}")
     report = synth.run(args.stage)

@@ -13,7 +13,7 @@ from pathlib import Path
 from dianjing.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
-BUILTINS = {"default": "default_sft.jsonl"}
+BUILTINS = {"default": "default_sft.jsonl", "questions": "questions.jsonl"}  # questions: eval/questions.py
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 

@@ -19,10 +19,15 @@ Pure Python, no dependencies. Tokens come from :mod:`dianjing.eval.text`.
   :func:`~dianjing.eval.text.answer_tokens` (see there for the English and Chinese rules).
   F1 defaults to SQuAD's bag-of-tokens overlap. The CMRC 2018 script instead uses the
   longest common *substring* of the two token lists; pass ``mode="lcs"`` for that.
+* Generated answers (``dianjing eval`` on chat runs): the QA EM and F1 above, ROUGE-L,
+  :func:`contains_answer` (the reference's answer tokens appear, in order and together, in the
+  answer: "台灣最高的山是玉山" contains "玉山") and :func:`perplexity` of the references (the
+  model's mean negative log-likelihood per reference token, and its exponential).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -42,6 +47,8 @@ __all__ = [
     "qa_exact",
     "qa_f1",
     "squad_scores",
+    "contains_answer",
+    "perplexity",
 ]
 
 
@@ -314,3 +321,33 @@ def squad_scores(
         "missing": missing,
         "extra": extra,
     }
+
+
+# --------------------------------------------------------------------------- generated answers
+
+
+def contains_answer(pred: str, gold: str) -> float:
+    """1.0 if the gold answer's tokens (:func:`answer_tokens`) occur as one contiguous run in the
+    prediction's, else 0.0: "The answer is 42." contains "42" but not "4"; for Chinese, where every
+    character is a token, it is a substring test after normalisation. An empty gold answer is
+    contained only in an empty prediction."""
+    g, p = answer_tokens(gold), answer_tokens(pred)
+    if not g:
+        return float(not p)
+    n = len(g)
+    return float(any(p[i:i + n] == g for i in range(len(p) - n + 1)))
+
+
+def perplexity(token_logprobs: Sequence[Sequence[float]]) -> dict:
+    """Corpus perplexity of references from each reference's token log-probabilities (natural log).
+
+    ``nll`` is the mean negative log-likelihood over all tokens (every token weighs the same, as
+    a training run's eval_loss does), ``perplexity`` its exponential and ``tokens`` the count.
+    Empty input: nll and perplexity are None.
+    """
+    total = sum(-x for lps in token_logprobs for x in lps)
+    n = sum(len(lps) for lps in token_logprobs)
+    if n == 0:
+        return {"nll": None, "perplexity": None, "tokens": 0}
+    nll = total / n
+    return {"nll": nll, "perplexity": math.exp(min(nll, 700.0)), "tokens": n}

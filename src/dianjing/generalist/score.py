@@ -15,7 +15,6 @@ Each prompt is run through the model once: its KV cache serves both the option c
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import statistics
@@ -25,6 +24,8 @@ from collections import Counter, defaultdict
 import torch
 
 from dianjing.errors import DataError
+from dianjing.eval.likelihood import answer_prefix, option_logprobs  # noqa: F401  (defined once, in eval/)
+from dianjing.eval.likelihood import fit_prompt as _fit
 from dianjing.eval.metrics import qa_exact, qa_f1, rouge_l
 from dianjing.generalist.mix import heldout_split, load_task_data, plan
 from dianjing.generalist.registry import Mixture, load_registries
@@ -84,62 +85,6 @@ def heldout_examples(mix: Mixture, *, per_task: int | None = None, shots: int | 
 
 
 # --------------------------------------------------------------------------- the model side
-
-
-def _fit(ids: list[int], max_tokens: int | None) -> tuple[list[int], bool]:
-    """Cut the middle of a too-long prompt: keep its first quarter and its end (instructions sit at
-    one end or the other; the answer cue and the chat template's generation prompt at the end)."""
-    if not max_tokens or len(ids) <= max_tokens:
-        return ids, False
-    head = max_tokens // 4
-    return ids[:head] + ids[len(ids) - (max_tokens - head):], True
-
-
-def answer_prefix(chat) -> str:
-    """The text the chat template puts between the generation prompt and the answer (" " for plain)."""
-    mark = "\u2063OPTION\u2063"
-    msgs = [{"role": "user", "content": "q"}]
-    head = chat.render(msgs, add_generation_prompt=True)
-    full = chat.render(msgs + [{"role": "assistant", "content": mark}])
-    if full.startswith(head) and mark in full[len(head):]:
-        return full[len(head):].split(mark)[0]
-    return ""
-
-
-@torch.inference_mode()
-def option_logprobs(model, batch, first_logits: torch.Tensor, conts: list[list[list[int]]], pad_id: int,
-                    max_rows: int = 32) -> list[list[list[float]]]:
-    """Per prompt, per option, the log-probability of each of the option's tokens.
-
-    `batch` (a KVBatch from generate.prefill) is left untouched: each chunk of option rows works
-    on a copy of its cache, one row per (prompt, option).
-    """
-    from dianjing.infer.generate import CACHE, select
-
-    dev = batch.mask.device  # the model's: every tensor below is made there, the floats come back by .tolist()
-    first = torch.log_softmax(first_logits.float(), dim=-1)
-    rows = [(i, j) for i, opts in enumerate(conts) for j in range(len(opts))]
-    firsts = first[torch.tensor([i for i, _ in rows], dtype=torch.long, device=dev),
-                   torch.tensor([conts[i][j][0] for i, j in rows], dtype=torch.long, device=dev)].tolist()
-    out: list[list[list[float]]] = [[] for _ in conts]
-    for (i, _), lp0 in zip(rows, firsts):
-        out[i].append([lp0])
-    rows = [(i, j) for i, j in rows if len(conts[i][j]) > 1]
-    for s in range(0, len(rows), max_rows):
-        chunk = rows[s:s + max_rows]
-        kv = select(copy.deepcopy(batch), [i for i, _ in chunk])
-        tails = [conts[i][j][:-1] for i, j in chunk]  # inputs: every option token but the last
-        length = max(len(t) for t in tails)
-        ids = torch.tensor([list(t) + [pad_id] * (length - len(t)) for t in tails], dtype=torch.long, device=dev)
-        mask = torch.tensor([[1] * len(t) + [0] * (length - len(t)) for t in tails], dtype=torch.long, device=dev)
-        pos = kv.mask.sum(-1, keepdim=True) + torch.arange(length, device=dev)[None, :]
-        logits = model(input_ids=ids, attention_mask=torch.cat([kv.mask, mask], dim=1), position_ids=pos,
-                       use_cache=True, **{CACHE: kv.cache}).logits
-        lp = torch.log_softmax(logits.float(), dim=-1)
-        for r, (i, j) in enumerate(chunk):
-            targets = torch.tensor(conts[i][j][1:], dtype=torch.long, device=dev)
-            out[i][j] += lp[r, torch.arange(len(targets), device=dev), targets].tolist()
-    return out
 
 
 def greedy(model, tokenizer, batch, logits: torch.Tensor, max_new_tokens: int, stops: tuple[str, ...]) -> list[str]:

@@ -32,7 +32,7 @@ def score(metric: str, pred: str, answers: list[str]) -> float:
             return max(qa_f1(pred, a) for a in answers)
         case "rouge_l":
             return max(rouge_l(pred, a) for a in answers)
-    raise ValueError(metric)
+    raise ValueError(f"unknown metric {metric!r}")  # the sequence schema allows only the four above
 
 
 def answer_budget(data: TaskData, layout: Layout) -> int:

@@ -2,7 +2,9 @@
 
 Both answer `ask(name, prompt)` and go through the request journal first, so a request made
 before (in this run or one that was killed) is answered from the journal without being sent.
-The HTTP teacher runs up to `max_concurrency` requests at once, gives each attempt
+The HTTP teacher sends to one server or spreads requests over several (`base_url` a list: a
+server whose request fails is taken out for `endpoint_cooldown_s` and the request goes to
+another at once), runs up to `max_concurrency` requests at once per server, gives each attempt
 `timeout_s`, retries 429s, 5xx, timeouts, connection errors and malformed bodies with
 exponential back-off (or the server's Retry-After, during which every request waits), keeps
 to `tokens_per_minute` if set, and stops at once on other 4xx: those will not get better by
@@ -31,6 +33,10 @@ RETRY_STATUS = frozenset({408, 409, 425, 429})
 
 class TeacherError(DianjingError):
     """The teacher refused in a way retrying cannot fix (4xx other than 408/409/425/429)."""
+
+    def __init__(self, message: str, *, status: int | None = None, fix: str | None = None):
+        super().__init__(message, fix=fix)
+        self.status = status
 
 
 class RequestFailed(Exception):
@@ -140,26 +146,32 @@ class Teacher:
 
     url: str
     model: str
+    capacity: int = 1  # requests worth sending at once
 
     def __init__(self, settings: TeacherSettings, journal: Journal, log: Callable[[str], None]):
         self.s, self.journal, self.log = settings, journal, log
         self.stats = RunStats()
 
-    def body(self, prompt: str, stop: list[str] | None) -> dict:
+    def endpoint_stats(self) -> list[dict]:
+        """Per endpoint: attempts, replies, failed attempts, times taken out (an HTTP teacher's)."""
+        return []
+
+    def body(self, prompt: str, stop: list[str] | None, system: str | None = None) -> dict:
         s = self.s
         body: dict = {"model": self.model}
         if s.api == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
+            body["messages"] = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}]
         else:
-            body["prompt"] = prompt
+            body["prompt"] = f"{system}\n\n{prompt}" if system else prompt
         body.update(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=1)
         if stop:
             body["stop"] = stop
         return body
 
-    async def ask(self, name: str, prompt: str, stop: list[str] | None = None) -> Reply:
-        """The reply to `prompt`; `name` says which request of the pipeline this is."""
-        body = self.body(prompt, stop)
+    async def ask(self, name: str, prompt: str, stop: list[str] | None = None, system: str | None = None) -> Reply:
+        """The reply to `prompt` (after a `system` message, if given); `name` says which request this is."""
+        body = self.body(prompt, stop, system)
         key = request_key(name, body)
         entry = self.journal.reply(key)
         cached = entry is not None
@@ -179,19 +191,50 @@ class Teacher:
         pass
 
 
+@dataclass
+class Endpoint:
+    """One server of an HTTP teacher (teacher.base_url may list several serving the same model)."""
+
+    url: str  # the API root
+    post: str  # where requests go: url + /chat/completions or /completions
+    in_flight: int = 0
+    sent: int = 0
+    replies: int = 0
+    failures: int = 0
+    taken_out: int = 0  # times it was taken out after a failure
+    down_until: float = 0.0  # taken out until then (time.monotonic)
+    paused_until: float = 0.0  # the server's Retry-After
+
+    def ready_at(self) -> float:
+        return max(self.down_until, self.paused_until)
+
+    def stats(self) -> dict:
+        return {"url": self.url, "attempts": self.sent, "replies": self.replies, "failed_attempts": self.failures,
+                "taken_out": self.taken_out}
+
+
 class HttpTeacher(Teacher):
+    """Sends to one endpoint, or spreads requests over several: each request goes to the endpoint with the
+    fewest requests in flight (up to max_concurrency each); one whose request fails is taken out for
+    endpoint_cooldown_s and the request is retried on another at once (when all are out, on the first
+    one back); after the cool-down it gets requests again. With one endpoint a failure waits for the
+    exponential back-off instead. A Retry-After pauses the endpoint that sent it."""
+
     def __init__(self, settings: TeacherSettings, journal: Journal, log: Callable[[str], None],
                  sleep: Callable[[float], Awaitable] = asyncio.sleep):
         import httpx
 
         super().__init__(settings, journal, log)
-        self.url = settings.base_url.rstrip("/")
+        urls = settings.urls()
+        self.url = ", ".join(urls)
         self.model = settings.model
-        self._endpoint = self.url + ("/chat/completions" if settings.api == "chat" else "/completions")
-        self._http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=settings.max_concurrency))
-        self._sem = asyncio.Semaphore(settings.max_concurrency)
+        path = "/chat/completions" if settings.api == "chat" else "/completions"
+        self.endpoints = [Endpoint(u, u + path) for u in urls]
+        self._endpoint = self.endpoints[0].post  # named in refusals
+        self.capacity = settings.max_concurrency * len(urls)
+        self._http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=self.capacity))
+        self._sem = asyncio.Semaphore(self.capacity)
         self._budget = TokenBudget(settings.tokens_per_minute) if settings.tokens_per_minute else None
-        self._paused_until = 0.0
         self._sleep = sleep
         self._rng = random.Random()
 
@@ -199,84 +242,131 @@ class HttpTeacher(Teacher):
         key = os.environ.get(self.s.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    async def _wait_pause(self) -> None:
-        while (wait := self._paused_until - time.monotonic()) > 0:
-            await self._sleep(wait)
+    async def _acquire(self) -> Endpoint:
+        """The endpoint for the next attempt: among those not taken out or paused and with a free slot, the
+        one with the fewest requests in flight; if none is ready, wait for the first that will be."""
+        while True:
+            now = time.monotonic()
+            free = [e for e in self.endpoints if e.in_flight < self.s.max_concurrency]
+            ready = [e for e in free if e.ready_at() <= now]
+            if ready:
+                e = min(ready, key=lambda e: (e.in_flight, e.sent))
+                e.in_flight += 1
+                e.sent += 1
+                return e
+            wait = min((e.ready_at() - now for e in free), default=0.05)
+            await self._sleep(max(0.01, min(wait, 0.25)))
 
-    async def _fetch(self, name: str, key: str, body: dict) -> dict:
+    def _others_ready(self, e: Endpoint) -> bool:
+        now = time.monotonic()
+        return any(o is not e and o.ready_at() <= now for o in self.endpoints)
+
+    async def _attempt(self, e: Endpoint, body: dict, key: str, attempt: int) -> tuple[dict | None, str, str, float | None, int | None]:
+        """One POST: (journal entry, "", "", None, 200) on success, else (None, cause, detail, Retry-After, status)."""
         import httpx
 
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(self.s.timeout_s):
+                resp = await self._http.post(e.post, json=body, headers=self._headers())
+        except TimeoutError:
+            return None, "timeout", f"no complete reply within timeout_s={self.s.timeout_s:g}s", None, None
+        except httpx.TransportError as err:
+            return None, "connection error", f"{type(err).__name__}: {err}"[:200], None, None
+        status = resp.status_code
+        if status == 200:
+            try:
+                data = resp.json()
+                extract(data, self.s.api)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+                return None, "malformed response", f"{type(err).__name__}: {resp.text[:120]!r}", None, status
+            return ({"kind": "reply", "key": key, "time": now_iso(), "attempt": attempt, "url": e.url,
+                     "latency_s": round(time.monotonic() - t0, 3), "request": body, "response": data},
+                    "", "", None, status)
+        if status in RETRY_STATUS or status >= 500:
+            return None, f"HTTP {status}", _server_message(resp), parse_retry_after(resp.headers.get("retry-after")), \
+                status
+        raise self._refusal(status, resp, e)
+
+    async def _fetch(self, name: str, key: str, body: dict) -> dict:
         estimate = len(json.dumps(body, ensure_ascii=False).encode()) // 4 + self.s.max_tokens
         async with self._sem:
             attempt = 0
             while True:
                 attempt += 1
-                await self._wait_pause()
+                e = await self._acquire()
                 taken = await self._budget.take(estimate) if self._budget else 0.0
-                t0 = time.monotonic()
-                status, hint, detail = None, None, ""
                 self.stats.sent += 1
                 try:
-                    async with asyncio.timeout(self.s.timeout_s):
-                        resp = await self._http.post(self._endpoint, json=body, headers=self._headers())
-                except TimeoutError:
-                    cause = "timeout"
-                    detail = f"no complete reply within teacher.timeout_s={self.s.timeout_s:g}s"
-                except httpx.TransportError as e:
-                    cause, detail = "connection error", f"{type(e).__name__}: {e}"[:200]
-                else:
-                    status = resp.status_code
-                    if status == 200:
-                        try:
-                            data = resp.json()
-                            _, _, usage = extract(data, self.s.api)
-                        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-                            cause, detail = "malformed response", f"{type(e).__name__}: {resp.text[:120]!r}"
-                        else:
-                            if self._budget:
-                                used = usage.get("total_tokens") if isinstance(usage, dict) else None
-                                self._budget.settle(taken, used if isinstance(used, (int, float)) else taken)
-                            return {"kind": "reply", "key": key, "time": now_iso(), "attempt": attempt,
-                                    "latency_s": round(time.monotonic() - t0, 3), "request": body, "response": data}
-                    elif status in RETRY_STATUS or status >= 500:
-                        cause, detail = f"HTTP {status}", _server_message(resp)
-                        hint = parse_retry_after(resp.headers.get("retry-after"))
-                    else:
-                        raise self._refusal(status, resp)
+                    entry, cause, detail, hint, status = await self._attempt(e, body, key, attempt)
+                finally:
+                    e.in_flight -= 1
+                if entry is not None:
+                    if self._budget:
+                        usage = entry["response"].get("usage")
+                        used = usage.get("total_tokens") if isinstance(usage, dict) else None
+                        self._budget.settle(taken, used if isinstance(used, (int, float)) else taken)
+                    e.replies += 1
+                    e.down_until = 0.0
+                    return entry
                 if self._budget:
                     self._budget.settle(taken, 0.0)
+                e.failures += 1
                 self.journal.append({"kind": "failure", "key": key, "time": now_iso(), "attempt": attempt,
-                                     "cause": cause, "status": status})
+                                     "cause": cause, "status": status, "url": e.url})
                 self.stats.failures[cause] += 1
                 if attempt > self.s.max_retries:
                     self.journal.append({"kind": "gave_up", "key": key, "time": now_iso(), "attempt": attempt})
                     raise RequestFailed(name, attempt, cause, detail)
                 self.stats.retries += 1
-                if hint is None:  # exponential, with jitter so that clients that failed together spread out
-                    hint = self.s.backoff_s * 2 ** (attempt - 1) * (0.5 + self._rng.random() / 2)
-                else:  # the server asked everyone to wait
-                    self._paused_until = max(self._paused_until, time.monotonic() + min(hint, self.s.max_backoff_s))
-                delay = min(hint, self.s.max_backoff_s)
-                if self.stats.retries <= 10 or self.stats.retries % 100 == 0:
-                    self.log(f"retry {attempt}/{self.s.max_retries} of {name} in {delay:.1f}s: {cause}"
-                             + (f" ({detail})" if detail else "")
-                             + ("" if self.stats.retries < 10 else f"; {self.stats.retries} retries so far"))
-                await self._sleep(delay)
+                await self._wait_before_retry(e, name, attempt, cause, detail, hint)
 
-    def _refusal(self, status: int, resp) -> TeacherError:
-        msg = f"the teacher at {self._endpoint} answered HTTP {status}: {_server_message(resp)}"
+    async def _wait_before_retry(self, e: Endpoint, name: str, attempt: int, cause: str, detail: str,
+                                 hint: float | None) -> None:
+        """Pause a failed endpoint (Retry-After) or take it out (several endpoints); one endpoint: back off."""
+        now = time.monotonic()
+        if hint is not None:  # the server asked everyone to wait
+            e.paused_until = max(e.paused_until, now + min(hint, self.s.max_backoff_s))
+        elif len(self.endpoints) > 1 and e.down_until <= now:
+            e.down_until = now + self.s.endpoint_cooldown_s
+            e.taken_out += 1
+            self.log(f"endpoint {e.url} taken out for {self.s.endpoint_cooldown_s:g}s after {cause}"
+                     + (f" ({detail})" if detail else "") + "; the others carry its requests")
+        if len(self.endpoints) > 1:  # the next attempt goes to a ready endpoint, or waits for the first back
+            delay = 0.0
+            when = "on another endpoint" if self._others_ready(e) else \
+                f"when an endpoint is back (in {min(o.ready_at() for o in self.endpoints) - now:.1f}s)"
+        else:  # the server's Retry-After, or exponential with jitter so that clients that failed together spread out
+            wait = hint if hint is not None else self.s.backoff_s * 2 ** (attempt - 1) * (0.5 + self._rng.random() / 2)
+            delay = min(wait, self.s.max_backoff_s)
+            when = f"in {delay:.1f}s"
+        if self.stats.retries <= 10 or self.stats.retries % 100 == 0:
+            self.log(f"retry {attempt}/{self.s.max_retries} of {name} {when}: {cause}"
+                     + (f" ({detail})" if detail else "")
+                     + ("" if self.stats.retries < 10 else f"; {self.stats.retries} retries so far"))
+        if delay:
+            await self._sleep(delay)
+
+    def endpoint_stats(self) -> list[dict]:
+        return [e.stats() for e in self.endpoints]
+
+    def _refusal(self, status: int, resp, e: Endpoint) -> TeacherError:
+        msg = f"the server at {e.post} answered HTTP {status}: {_server_message(resp)}"
         if status in (401, 403):
             have = "is set" if os.environ.get(self.s.api_key_env) else "is not set"
-            return TeacherError(msg, fix=f"check the API key: it is read from ${self.s.api_key_env} (which {have}); "
-                                         "teacher.api_key_env names another variable")
+            return TeacherError(msg, status=status,
+                                fix=f"check the API key: it is read from ${self.s.api_key_env} (which {have}); "
+                                    "teacher.api_key_env names another variable")
         if status == 404:
-            return TeacherError(msg, fix=f"check teacher.base_url (the API root, usually ending in /v1), teacher.model "
-                                         f"({self.model!r}; GET {self.url}/models lists the served ones) and "
-                                         f"teacher.api ({self.s.api!r})")
-        return TeacherError(msg, fix="check the teacher settings the server names (model, max_tokens, temperature, "
-                                     "api: chat or completions); a prompt too long for the model's context needs "
-                                     "fewer examples (generate.seed_examples, generate.instance_demos) or a smaller "
-                                     "teacher.max_tokens")
+            return TeacherError(msg, status=status,
+                                fix=f"check teacher.base_url (the API root, usually ending in /v1), teacher.model "
+                                    f"({self.model!r}; GET {e.url}/models lists the served ones) and "
+                                    f"teacher.api ({self.s.api!r})")
+        return TeacherError(msg, status=status,
+                            fix="check the teacher settings the server names (model, max_tokens, temperature, "
+                                "api: chat or completions); a prompt too long for the model's context needs "
+                                "fewer examples (generate.seed_examples, generate.instance_demos) or a smaller "
+                                "teacher.max_tokens")
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -339,6 +429,6 @@ class LocalTeacher(Teacher):
 
 
 def make_teacher(settings: TeacherSettings, journal: Journal, log: Callable[[str], None]) -> Teacher:
-    if settings.base_url:
+    if settings.urls():
         return HttpTeacher(settings, journal, log)
     return LocalTeacher(settings, journal, log)

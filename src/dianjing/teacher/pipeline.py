@@ -175,7 +175,7 @@ class Synth:
         finally:
             self.report = build_report(self.cfg, self.ledger, self.journal, self.teacher.stats,
                                        teacher_url=self.teacher.url, model=self.teacher.model, stages=self.state,
-                                       out=self.out, error=error)
+                                       out=self.out, error=error, endpoints=self.teacher.endpoint_stats())
             write_report(self.report_path, self.report)
             self.journal.close()
             self.ledger.close()
@@ -266,7 +266,7 @@ class Synth:
         progress = _Progress(stage, len(items), len(items) - len(pending), self.log)
         done, failures = len(items) - len(pending), []
         queue = iter(pending)
-        width = self.cfg.teacher.max_concurrency if self.cfg.teacher.base_url else 1
+        width = self.teacher.capacity  # max_concurrency per endpoint; a local teacher: 1
 
         async def worker() -> None:
             nonlocal done

@@ -22,7 +22,8 @@ def _by_reason(rows: list[dict], stage: str) -> dict[str, int]:
 
 
 def build_report(cfg: SynthConfig, ledger: Ledger, journal: Journal, stats: RunStats, *, teacher_url: str,
-                 model: str, stages: dict[str, str], out: Path, error: str | None = None) -> dict:
+                 model: str, stages: dict[str, str], out: Path, error: str | None = None,
+                 endpoints: list[dict] | None = None) -> dict:
     rejected = ledger.rows("rejected")
     stage_counts: dict[str, dict] = {}
     if cfg.generate.mode == "self-instruct":
@@ -69,7 +70,8 @@ def build_report(cfg: SynthConfig, ledger: Ledger, journal: Journal, stats: RunS
                      "failed_attempts_by_cause": dict(journal.failures.most_common()),
                      "retries": failures - journal.gave_up, "gave_up": journal.gave_up,
                      "this_run": {"sent": stats.sent, "new_replies": stats.replies,
-                                  "answered_from_journal": stats.cached, "retries": stats.retries}},
+                                  "answered_from_journal": stats.cached, "retries": stats.retries,
+                                  "by_endpoint": endpoints or []}},
         "tokens": {"prompt": prompt_t, "completion": completion_t, "total": prompt_t + completion_t,
                    "replies_without_usage": no_usage},
         "cost_estimate": cost,

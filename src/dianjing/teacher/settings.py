@@ -17,7 +17,10 @@ from dianjing.errors import ConfigError
 
 
 class TeacherSettings(_Strict):
-    base_url: str | None = Field(None, description="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
+    base_url: str | list[str] | None = Field(
+        None, description="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1, or a list of them serving "
+                          "the same model: requests are spread over them, and one that fails is taken out for "
+                          "endpoint_cooldown_s, then tried again")
     model: str | None = Field(None, description="model name sent in every request")
     api: Literal["chat", "completions"] = Field("chat", description="POST /chat/completions or /completions")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key "
@@ -30,11 +33,14 @@ class TeacherSettings(_Strict):
     device: str = Field("auto", pattern=DEVICE_PATTERN,
                         description="local_model: where it computes, auto (CUDA when present, else MPS, else the "
                                     "CPU) | cpu | cuda | cuda:N | mps")
-    max_concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight at once, per endpoint")
     timeout_s: float = Field(120.0, gt=0, description="give up on one attempt after this long")
     max_retries: int = Field(5, ge=0, description="retries after a 429, a 5xx, a timeout or a connection error")
     backoff_s: float = Field(1.0, ge=0, description="first retry waits about this long, doubling each time")
     max_backoff_s: float = Field(60.0, ge=0, description="longest wait between attempts (Retry-After included)")
+    endpoint_cooldown_s: float = Field(30.0, ge=0, description="several base_url: an endpoint whose request "
+                                                                "failed gets none for this long (the request is "
+                                                                "retried on another at once)")
     tokens_per_minute: int | None = Field(None, ge=1, description="token budget (prompt + max_tokens) per minute")
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -42,6 +48,13 @@ class TeacherSettings(_Strict):
     price_per_1m_prompt_tokens: float | None = Field(None, ge=0)
     price_per_1m_completion_tokens: float | None = Field(None, ge=0)
     currency: str = "USD"
+
+    def urls(self) -> list[str]:
+        """The endpoints' API roots, without a trailing slash ([] without base_url)."""
+        if self.base_url is None:
+            return []
+        urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+        return [u.rstrip("/") for u in urls]
 
 
 class GenerateSettings(_Strict):
@@ -115,18 +128,31 @@ def check_teacher(cfg: SynthConfig) -> None:
     t = cfg.teacher
     if not (t.terms_of_use or "").strip():
         raise ConfigError("teacher.terms_of_use is not set", fix=TERMS_FIX)
-    if t.base_url and t.local_model:
+    if t.urls() and t.local_model:
         raise ConfigError("both teacher.base_url and teacher.local_model are set",
                           fix="keep one: base_url for a server, local_model to generate in this process")
-    if not t.base_url and not t.local_model:
+    if not t.urls() and not t.local_model:
         raise ConfigError("no teacher: set teacher.base_url (with teacher.model) or teacher.local_model",
                           fix="e.g. --teacher-url http://127.0.0.1:8000/v1 --teacher-model NAME "
                               "(vLLM, llama.cpp server, Ollama, `dianjing serve`, a hosted API), "
                               "or --set teacher.local_model=PATH")
-    if t.base_url:
-        if not t.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"teacher.base_url {t.base_url!r} is not an http(s) URL",
-                              fix="e.g. http://127.0.0.1:8000/v1 (the API root, without /chat/completions)")
+    if t.base_url is not None:
+        check_urls(t, "teacher")
         if not t.model:
             raise ConfigError("teacher.model is not set", fix="--teacher-model NAME: the model the server serves "
                                                              "(GET BASE_URL/models lists them)")
+
+
+def check_urls(t: TeacherSettings, section: str) -> None:
+    """Every endpoint an http(s) API root, none twice (the teacher's and the judge's)."""
+    urls = t.urls()
+    if not urls:
+        raise ConfigError(f"{section}.base_url is an empty list", fix="give one URL or several")
+    for u in urls:
+        if not u.startswith(("http://", "https://")):
+            raise ConfigError(f"{section}.base_url {u!r} is not an http(s) URL",
+                              fix="e.g. http://127.0.0.1:8000/v1 (the API root, without /chat/completions)")
+    twice = sorted({u for u in urls if urls.count(u) > 1})
+    if twice:
+        raise ConfigError(f"{section}.base_url names {', '.join(twice)} more than once",
+                          fix="list each endpoint once; max_concurrency sets the requests per endpoint")

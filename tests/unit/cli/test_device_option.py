@@ -32,12 +32,14 @@ def _commands(tmp_path) -> dict[str, list]:
             "serve": ["serve", nope, "--port", "0"],
             "eval": ["eval", nope, "--data", tmp_path / "d.jsonl"],
             "eval --held-out": ["eval", nope, "--mixture", tmp_path / "m.yaml", "--held-out"],
+            "judge": ["judge", nope, "reference", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
+                      "--out", tmp_path / "judged"],
             "predict": ["predict", nope, tmp_path / "d.jsonl"],
             "synth": ["synth", "--set", f"teacher.local_model={nope}", "--set", "teacher.terms_of_use=own model",
                       "--out", tmp_path / "synth.jsonl"]}
 
 
-@pytest.mark.parametrize("command", ["chat", "serve", "eval", "eval --held-out", "predict", "synth"])
+@pytest.mark.parametrize("command", ["chat", "serve", "eval", "eval --held-out", "predict", "synth", "judge"])
 def test_a_gpu_this_machine_lacks_fails_first_naming_device(command, capsys, tmp_path):
     _fails(capsys, [*_commands(tmp_path)[command], "--device", "cuda"],
            "--device: cuda asked for, but this machine has", "fix: set model.device: auto (or cpu)")
@@ -67,13 +69,20 @@ def _capture(monkeypatch, module, name) -> dict:
 
 
 def test_device_reaches_the_library(capsys, tmp_path, monkeypatch):
+    import dianjing.eval.chat as chat_eval
+    import dianjing.eval.judge as judge
     import dianjing.infer.load as load
     import dianjing.infer.models as models
     import dianjing.specialist.evaluate as ev
 
     cmds = _commands(tmp_path)
+    specialist = tmp_path / "specialist-run"  # a specialist run goes to the specialist scorer, the rest to chat eval
+    specialist.mkdir()
+    (specialist / "run.json").write_text('{"task": "classify"}')
     for argv, module, name in ((cmds["chat"], load, "load_run"), (cmds["serve"], models, "load_models"),
-                               (cmds["eval"], ev, "evaluate"), (cmds["predict"], ev, "predict")):
+                               (cmds["eval"], chat_eval, "evaluate_chat"),
+                               (["eval", specialist, "--data", tmp_path / "d.jsonl"], ev, "evaluate"),
+                               (cmds["predict"], ev, "predict"), (cmds["judge"], judge, "run_judge")):
         seen = _capture(monkeypatch, module, name)
         _fails(capsys, [*argv, "--device", "cpu"], "reached the library")
         assert seen["device"] == "cpu", argv

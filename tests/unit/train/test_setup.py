@@ -70,11 +70,18 @@ FORBIDDEN = {
 }
 
 
+# the judge sends its requests through the teacher's OpenAI client (concurrency, retries, journal,
+# several endpoints): one client for both, not a copy in eval/
+SHARED_CLIENT = {("eval/judge.py", m) for m in ("dianjing.teacher.client", "dianjing.teacher.settings",
+                                                "dianjing.teacher.store")}
+
+
 def test_no_import_goes_against_the_flow():
     wrong = []
     for package, banned in FORBIDDEN.items():
         for path in sorted((SRC / package).rglob("*.py")):
             for module in _imports(path):
-                if module.startswith(banned):
+                if module.startswith(banned) and (str(path.relative_to(SRC).as_posix()).removeprefix("dianjing/"),
+                                                  module) not in SHARED_CLIENT:
                     wrong.append(f"{path.relative_to(SRC)} imports {module}")
     assert not wrong, wrong
