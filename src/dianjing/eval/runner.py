@@ -98,7 +98,8 @@ def run_jobs(model, tokenizer, chat, jobs: list[Job], settings: Settings, log=No
                 if "option" in k:
                     results[i].option_logprobs = [x for x, kind in zip(lp, k) if kind == "option"]
         if settings.generate:
-            answers = continue_batch(model, tokenizer, batch, last, settings.sampling(), tuple(chat.stop_strings))
+            answers = continue_batch(model, tokenizer, batch, last, settings.sampling(), tuple(chat.stop_strings),
+                                     chat)
             for i, a in zip(rows, answers):
                 results[i].answer = a.strip()
         done += len(rows)
