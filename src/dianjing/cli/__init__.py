@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from dianjing.cli import mix; mix.add_parser(sub)  # noqa: E702  (generalist: FLAN-style mixtures)
     from dianjing.cli import synth; synth.add_parser(sub)  # noqa: E702
     from dianjing.cli import judge, cost; judge.add_parser(sub); cost.add_parser(sub)  # noqa: E401,E702  (eval/)
+    from dianjing.cli import report; report.add_parser(sub)  # noqa: E702  (eval/report.py)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` hands them to torchrun
     if args.command is None:
