@@ -20,10 +20,8 @@ from dianjing.lifelong.examples import LamolLoss, Layout, collate, count_qa_targ
 from dianjing.lifelong.sequence import Sequence, load_sequence
 from dianjing.lifelong.tasks import read_task
 from dianjing.run_folder import RunFolder
-from dianjing.train.compile import compile_blocks
-from dianjing.train.compile import decide as compile_decide
 from dianjing.train.setup import Context, Setup, base_summary, trainable
-from dianjing.train.sft import _keep_bf16_inputs, _model
+from dianjing.train.sft import causal_lm, prepare, saver
 
 STAGE_JSON = "stage.json"
 SEQUENCE_FILE = "continual.yaml"  # in the continual run's folder, beside stages/
@@ -73,28 +71,16 @@ def build(ctx: Context) -> Setup:
         + (f" + {n_replay} replayed" if stage["replay"] else "") + f", {len(eval_set)} held out; "
         f"{'QA + ' + str(stage['lm_lambda']) + '·LM' if lm else 'QA'} loss"
         + "".join(f"\n  dropped {n}: {why}" for why, n in dropped.items()))
-    model, total = _model(_weights_from(ctx, stage))
+    model, total = causal_lm(_weights_from(ctx, stage))
     if stage.get("init_from") and cfg.adapter.method != "full":
         _load_adapter(model, continual_dir(ctx.folder.path) / stage["init_from"])
     loss_fn = LamolLoss(model, cfg.train.logits, stage["lm_lambda"], log=log)
     log(f"logits: {loss_fn.mode}")
-    if ctx.precision.autocast_dtype is not None and cfg.adapter.method != "full":
-        _keep_bf16_inputs(model)
-    compiled, why = compile_decide(cfg.train.compile, model, ctx.precision.device)
-    log(why)
-    if compiled:
-        compile_blocks(model)
-    ctx.pin(cfg.train, "compile", "on" if compiled else "off")
+    compiled = prepare(ctx, model)
     head_w = loss_fn.head.weight.numel() if loss_fn.head is not None else 0
     template, pad_id = layout.template(), ctx.tokenizer.pad_token_id
 
-    def save(run: RunFolder, state_dict: dict | None = None) -> None:
-        if cfg.adapter.method == "full":
-            model.save_pretrained(str(run.model), state_dict=state_dict, safe_serialization=True)
-        else:
-            model.save_pretrained(str(run.adapter), state_dict=state_dict)
-        ctx.tokenizer.save_pretrained(str(run.tokenizer))
-        run.write_template(template)
+    save = saver(ctx, model, template)
 
     def summarize(state: dict) -> dict:
         flops = 6 * (total - head_w) * state["tokens"] + 6 * head_w * state["supervised_tokens"]

@@ -31,7 +31,7 @@ from dianjing.train.compile import eager as compile_eager
 from dianjing.train.compile import find_blocks
 from dianjing.train.distributed import Engine, World, choose, remap_groups, share
 from dianjing.train.setup import Context
-from dianjing.train.progress import Progress
+from dianjing.train.progress import Progress, Silent
 
 
 def lr_lambda(total: int, warmup: int, schedule: str):
@@ -211,7 +211,8 @@ class Trainer:
         t_start = time.perf_counter() - state["elapsed_s"]
         bar = Progress(self.total_steps, start=step, quiet=not self.world.main)
         window_t, window_tok = time.perf_counter(), 0
-        with (open(self.folder.metrics, "a", encoding="utf-8") if self.world.main else _Nowhere()) as metrics:
+        with (open(self.folder.metrics, "a", encoding="utf-8") if self.world.main
+              else contextlib.nullcontext(Silent())) as metrics:
             while step < self.total_steps:
                 batches = [self.micro_batch(step * t.grad_accum + a) for a in range(t.grad_accum)]
                 # counted on the host before the batches move, over all processes: the step's loss is
@@ -348,19 +349,6 @@ class Trainer:
                 "peak_device_memory_mb": precision.peak_device_memory_mb(dev),
                 "matmul_peak_gflops": round(peak / 1e9, 1),
                 "mfu": round(flops / max(1e-9, state["elapsed_s"]) / peak, 4)}
-
-
-class _Nowhere(contextlib.nullcontext):
-    """The metrics file of a process that is not rank 0: writes go nowhere."""
-
-    def __enter__(self):
-        return self
-
-    def write(self, _text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
 
 def _fault_point(name: str, rank: int, step: int) -> None:

@@ -10,7 +10,7 @@ class Progress:
     def __init__(self, total: int, start: int = 0, stream=None, quiet: bool = False):
         """quiet: show nothing (the processes other than rank 0 under torchrun)."""
         self.total, self.start = total, start
-        self.stream = _Silent() if quiet else (stream or sys.stderr)
+        self.stream = Silent() if quiet else (stream or sys.stderr)
         self.live = self.stream.isatty()
         self.t0 = time.perf_counter()
         self.last_plain = 0.0
@@ -41,7 +41,9 @@ class Progress:
             self.stream.flush()
 
 
-class _Silent:
+class Silent:
+    """A stream that writes nowhere (the processes other than rank 0)."""
+
     def write(self, _text: str) -> None:
         pass
 

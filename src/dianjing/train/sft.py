@@ -30,28 +30,15 @@ def build(ctx: Context) -> Setup:
     log(why)
     log(diagnose(template, cfg.data.loss_on, cfg.data.reasoning, cfg.data.system_prompt).text())
     train_set, eval_set, stats, load_report = _data(ctx, template)
-    model, total = _model(ctx)
+    model, total = causal_lm(ctx)
     loss_fn = SFTLoss(model, cfg.train.logits, log=log)
     log(f"logits: {loss_fn.mode}")
-    if ctx.precision.autocast_dtype is not None and cfg.adapter.method != "full":
-        _keep_bf16_inputs(model)
-    # after the loss check above, so that its no-grad forward is not what gets compiled
-    compiled, why = compile_decide(cfg.train.compile, model, ctx.precision.device)
-    log(why)
-    if compiled:
-        compile_blocks(model)
-    ctx.pin(cfg.train, "compile", "on" if compiled else "off")
+    compiled = prepare(ctx, model)
     head_w = loss_fn.head.weight.numel() if loss_fn.head is not None else 0
     flops_per_token, flops_per_target = 6 * (total - head_w), 6 * head_w
     pad_id = ctx.tokenizer.pad_token_id
 
-    def save(run: RunFolder, state_dict: dict | None = None) -> None:
-        if cfg.adapter.method == "full":
-            model.save_pretrained(str(run.model), state_dict=state_dict, safe_serialization=True)
-        else:
-            model.save_pretrained(str(run.adapter), state_dict=state_dict)
-        ctx.tokenizer.save_pretrained(str(run.tokenizer))
-        run.write_template(template)
+    save = saver(ctx, model, template)
 
     def summarize(state: dict) -> dict:
         flops = flops_per_token * state["tokens"] + flops_per_target * state["supervised_tokens"]
@@ -95,7 +82,36 @@ def _data(ctx: Context, template):
     return train_set, eval_set, stats, load_report
 
 
-def _model(ctx: Context):
+def prepare(ctx: Context, model) -> bool:
+    """After the loss's check (so that its no-grad forward is not what gets compiled): bf16 inputs for
+    the adapted layers under autocast, and the blocks compiled where it helps (pinned). Returns compiled."""
+    cfg = ctx.cfg
+    if ctx.precision.autocast_dtype is not None and cfg.adapter.method != "full":
+        _keep_bf16_inputs(model)
+    compiled, why = compile_decide(cfg.train.compile, model, ctx.precision.device)
+    ctx.log(why)
+    if compiled:
+        compile_blocks(model)
+    ctx.pin(cfg.train, "compile", "on" if compiled else "off")
+    return compiled
+
+
+def saver(ctx: Context, model, template):
+    """The Setup's save for a causal LM: the adapter (or whole model), the tokenizer and the template."""
+    cfg = ctx.cfg
+
+    def save(run: RunFolder, state_dict: dict | None = None) -> None:
+        if cfg.adapter.method == "full":
+            model.save_pretrained(str(run.model), state_dict=state_dict, safe_serialization=True)
+        else:
+            model.save_pretrained(str(run.adapter), state_dict=state_dict)
+        ctx.tokenizer.save_pretrained(str(run.tokenizer))
+        run.write_template(template)
+
+    return save
+
+
+def causal_lm(ctx: Context):
     """The base model in the run's precision, gradient checkpointing, the adapter (fp32 weights)."""
     cfg, prec = ctx.cfg, ctx.precision
     full = cfg.adapter.method == "full"
