@@ -16,7 +16,9 @@ then one JSON line per workload.
 
 MFU counts useful model FLOPs the same way for both sides: 6 x (non-embedding params) per
 trained token + 6 x (output-layer params) per supervised token (the only logits the
-objective needs), divided by the fp32 matmul peak this script measures. Work a side
+objective needs), divided by the matmul peak of the run's precision: dianjing.precision's
+honest peak (the best of the models' F.linear shapes and a few squares, cached per machine in
+peak.json; DIANJING_REMEASURE_PEAK=1 measures it again). Work a side
 does beyond that (logits of prompt and padding positions) earns it nothing.
 """
 
@@ -233,14 +235,19 @@ def main() -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from dianjing.models.load import resolve_model
-    from dianjing.precision import matmul_gflops
+    from dianjing.precision import matmul_peak
 
     torch.set_num_threads(args.threads)
-    peak32, peak16 = matmul_gflops(torch.float32, 1024, 1.0), matmul_gflops(torch.bfloat16, 1024, 1.0)
-    peak = peak16 if args.precision == "bf16" else peak32
+    # the honest peak: the best of the models' own F.linear shapes and a few squares, cached per machine
+    cpu = torch.device("cpu")
+    p32, p16 = matmul_peak(cpu, torch.float32), matmul_peak(cpu, torch.bfloat16)
+    peak32, peak16 = p32.gflops, p16.gflops
+    used = p16 if args.precision == "bf16" else p32
+    peak = used.gflops
     tolerance = LOSS_TOLERANCE if args.precision == "fp32" else BF16_TOLERANCE
-    print(f"matmul peak on this machine: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s "
-          f"({args.threads} threads); MFU below is against the {args.precision} peak")
+    print(f"matmul peak on this machine ({args.threads} threads): fp32 {peak32:.0f} GFLOP/s at {p32.label} "
+          f"({p32.family}), bf16 {peak16:.0f} GFLOP/s at {p16.label} ({p16.family}), tokens x in x out"
+          f"{', from the cache' if used.cached else ''}; MFU below is against the {args.precision} peak")
     model_path = resolve_model(args.model, log=print)
     tok = AutoTokenizer.from_pretrained(model_path)
     cfg = AutoConfig.from_pretrained(model_path)
@@ -313,7 +320,8 @@ def main() -> None:
             "mfu": round(d["mfu"], 4), "trl_mfu": round(t["mfu"], 4), "loss_max_abs_diff": diff,
             "dianjing_first_step_s": round(d["first_step_s"], 1), "trl_first_step_s": round(t["first_step_s"], 1),
             "dianjing_set": args.dianjing_set, "dianjing_losses": d["losses"], "trl_losses": t["losses"],
-            "peak_gflops_fp32": round(peak32, 1), "peak_gflops_bf16": round(peak16, 1)}), flush=True)
+            "peak_gflops_fp32": round(peak32, 1), "peak_gflops_bf16": round(peak16, 1),
+            "peak_shape_bf16": p16.label, "peak_family": used.family}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Matmul peaks measured while the suite loads the machine go to a file of the suite's own, never into the
+# user's ~/.cache/dianjing/peak.json (where they would become every later run's MFU denominator).
+os.environ.setdefault("DIANJING_PEAK_CACHE", str(Path(tempfile.gettempdir()) / f"dianjing-test-peak-{os.getpid()}.json"))
 
 from tests.helpers import write_alpaca
 from tests.tiny import build_model, build_tokenizer

@@ -29,12 +29,7 @@ def checks() -> list[Check]:
                 f"torch uses {threads} of {cores} logical cores",
                 None if threads >= min(cores, 2) else "unset OMP_NUM_THREADS or set train.threads"))
 
-    from dianjing.precision import bf16_supported, matmul_gflops
-
-    f32, b16 = matmul_gflops(torch.float32, 512), matmul_gflops(torch.bfloat16, 256, seconds=0.1)
-    fast = bf16_supported()
-    out.append(("ok", "bf16", f"matmul {f32:.0f} GFLOP/s fp32, {b16:.1f} GFLOP/s bf16 → precision auto uses "
-                f"{'bf16' if fast else 'fp32'}", None))
+    out += peak_checks()
 
     import psutil
 
@@ -70,6 +65,36 @@ def checks() -> list[Check]:
     out.append(("ok" if major >= 5 else "fail", "libraries",
                 f"transformers {transformers.__version__}, peft {peft.__version__}",
                 None if major >= 5 else "pip install 'transformers>=5'"))
+    return out
+
+
+def peak_checks() -> list[Check]:
+    """What precision auto picks on the device auto picks, and that device's matmul peak (the MFU
+    denominator): bf16 where bf16 is fast, and fp32; read from peak.json, measured (a few seconds) once."""
+    import torch
+
+    from dianjing.errors import DianjingError
+    from dianjing.precision import REMEASURE_ENV, bf16_evidence, bf16_supported, device, matmul_peak
+
+    try:
+        dev = device("auto")
+    except DianjingError:  # gpu_checks says why
+        dev = torch.device("cpu")
+    fast = bf16_supported(dev)
+    out: list[Check] = [("ok", "bf16", f"precision auto uses {'bf16' if fast else 'fp32'} on {dev.type} "
+                         f"(bf16 matmuls are {'' if fast else 'not '}faster there)", None)]
+    peaks = {}
+    for dtype in ((torch.bfloat16, torch.float32) if fast else (torch.float32,)):
+        p = peaks[dtype] = matmul_peak(dev, dtype)
+        when = f"from the cache ({p.measured_at[:10]})" if p.cached else f"measured now in {p.seconds:.1f} s"
+        busy = dev.type == "cpu" and p.load is not None and p.load > 0.5 * (os.cpu_count() or 1)
+        detail = (f"{p.gflops:.0f} GFLOP/s at {p.label} (tokens x in x out), {p.family} kernels "
+                  f"(torch dispatch: {p.capability}), "
+                  f"{p.threads} threads, {when}" + (f"; load {p.load:g} while measured" if busy else ""))
+        out.append(("warn" if busy else "ok", f"peak {p.dtype}", detail,
+                    f"measure again when the machine is idle: {REMEASURE_ENV}=1 dianjing doctor" if busy else None))
+    if len(peaks) == 2:
+        out.append(("ok", "bf16 kernels", bf16_evidence(peaks[torch.bfloat16], peaks[torch.float32]), None))
     return out
 
 

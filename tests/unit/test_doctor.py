@@ -23,6 +23,7 @@ def two_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: FAKE[i])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: FAKE[d.index if hasattr(d, "index") else d].name)
     monkeypatch.setattr(precision, "_mps_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
 
 
 def _by_name(checks) -> dict:
@@ -63,10 +64,73 @@ def test_mps_is_reported_and_picked(monkeypatch):
     assert got["device"][1] == "model.device: auto picks mps (Apple GPU (MPS))"
 
 
-def test_the_command_prints_the_gpus(two_gpus, capsys):
+def _peak(gflops, dtype, family, load=0.1, device="Test CPU"):
+    return precision.Peak(gflops=gflops, shape=(2048, 640, 2048), dtype=dtype, family=family, capability="AVX512",
+                          threads=2, torch=torch.__version__, device=device, shapes={"2048x640x2048": gflops},
+                          skipped=[], seconds=3.2, load=load, measured_at="2026-12-01T10:00:00+00:00")
+
+
+@pytest.fixture
+def peaks(tmp_path, monkeypatch):
+    """A temporary peak.json, no peaks in this process; `measure_peak` returns made-up figures and counts."""
+    monkeypatch.setenv("DIANJING_CACHE", str(tmp_path))
+    monkeypatch.delenv("DIANJING_PEAK_CACHE", raising=False)
+    monkeypatch.delenv(precision.REMEASURE_ENV, raising=False)
+    monkeypatch.setattr(precision, "_PEAKS", {})
+    made = []
+
+    def fake(on=None, dtype=torch.bfloat16, **kw):
+        made.append((on.type, dtype))
+        bf16 = dtype == torch.bfloat16
+        return _peak(900.0 if bf16 else 250.0, "bf16" if bf16 else "fp32", "AMX" if bf16 else "AVX-512",
+                     device=precision.device_name(on))
+
+    monkeypatch.setattr(precision, "measure_peak", fake)
+    return made
+
+
+def test_the_command_prints_the_gpus(two_gpus, peaks, capsys):
     from dianjing.cli import main
 
     main(["doctor"])
     out = capsys.readouterr().out
     assert "[ok  ] gpu 0: NVIDIA H100 80GB HBM3, 80.0 GiB" in out and "[ok  ] gpu 1: Tesla V100" in out
     assert "[ok  ] device: model.device: auto picks cuda:0" in out
+    assert "[ok  ] peak bf16: 900 GFLOP/s at 2048x640x2048" in out  # the peak of the device auto picks
+    assert peaks == [("cuda", torch.bfloat16), ("cuda", torch.float32)]
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "_mps_available", lambda: False)
+
+
+def test_the_honest_peak_is_measured_once_then_read_from_the_cache(on_cpu, peaks, monkeypatch):
+    monkeypatch.setattr(precision, "bf16_supported", lambda on=None: True)
+    got = _by_name(doctor.peak_checks())
+    assert got["bf16"][:2] == ("ok", "precision auto uses bf16 on cpu (bf16 matmuls are faster there)")
+    status, detail, fix = got["peak bf16"]
+    assert status == "ok" and fix is None and detail.startswith("900 GFLOP/s at 2048x640x2048 (tokens x in x out), "
+                                                                "AMX kernels (torch dispatch: AVX512), 2 threads")
+    assert "measured now in 3.2 s" in detail and got["peak fp32"][1].startswith("250 GFLOP/s")
+    assert "AMX tiles are in use" in got["bf16 kernels"][1] and "3.6×" in got["bf16 kernels"][1]
+    monkeypatch.setattr(precision, "_PEAKS", {})  # the next `dianjing doctor`: from peak.json, nothing measured
+    again = _by_name(doctor.peak_checks())
+    assert "from the cache (2026-12-01)" in again["peak bf16"][1] and "from the cache" in again["peak fp32"][1]
+    assert len(peaks) == 2
+
+
+def test_without_fast_bf16_only_the_fp32_peak_is_measured(on_cpu, peaks, monkeypatch):
+    monkeypatch.setattr(precision, "bf16_supported", lambda on=None: False)
+    got = _by_name(doctor.peak_checks())
+    assert got["bf16"][1].startswith("precision auto uses fp32") and "peak bf16" not in got
+    assert "bf16 kernels" not in got and peaks == [("cpu", torch.float32)]
+
+
+def test_a_peak_measured_on_a_busy_machine_is_a_warning(on_cpu, peaks, monkeypatch):
+    monkeypatch.setattr(precision, "bf16_supported", lambda on=None: False)
+    monkeypatch.setattr(precision, "measure_peak", lambda on=None, dtype=None, **k: _peak(90.0, "fp32", "AVX-512",
+                                                                                           load=1000.0))
+    status, detail, fix = _by_name(doctor.peak_checks())["peak fp32"]
+    assert status == "warn" and "load 1000 while measured" in detail and "DIANJING_REMEASURE_PEAK=1" in fix
