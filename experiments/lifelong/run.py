@@ -42,6 +42,12 @@ def arm_sequence(args, name: str) -> Path:
     strategy, order = ARMS[name]
     tree = yaml.safe_load((HERE / "sequence.yaml").read_text(encoding="utf-8"))
     tree["strategy"] = strategy
+    if args.tasks:
+        keep = [n.strip() for n in args.tasks.split(",") if n.strip()]
+        missing = [n for n in keep if n not in {t["name"] for t in tree["tasks"]}]
+        if missing:
+            raise SystemExit(f"--tasks: {missing} are not tasks of sequence.yaml ({', '.join(task_names())})")
+        tree["tasks"] = [t for t in tree["tasks"] if t["name"] in keep]
     if order == 2:
         tree["tasks"] = tree["tasks"][::-1]
     for t in tree["tasks"]:
@@ -137,6 +143,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=0, help="max steps per task (0: epochs decide; smoke tests)")
     p.add_argument("--max-length", type=int, default=448)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--tasks", default="", help="a subset of sequence.yaml's tasks, in its order (default: all)")
     p.add_argument("--only", default=",".join(ARMS), help="arms to run, of: " + ", ".join(ARMS))
     p.add_argument("--work", default=str(HERE / "work"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
