@@ -221,6 +221,26 @@ class TaskConfig(_Strict):
     head_lr: float | None = Field(None, gt=0, description="learning rate of the new head (default: train.lr)")
 
 
+# Settings whose best value depends on the task type, measured on real data against the plain defaults
+# by experiments/defaults/run.py (its README has the table). load_config fills them in where the config
+# file and --set leave the key unset, and says so; a run's config.yaml then holds them, so a resumed run
+# keeps the values it started with even after this table changes.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def task_defaults(tree: dict) -> dict[str, Any]:
+    """Fill TASK_DEFAULTS for the tree's task type into the keys it leaves unset; returns what was filled."""
+    task = tree.get("task") if isinstance(tree.get("task"), dict) else {}
+    filled = {}
+    for key, value in TASK_DEFAULTS.get(task.get("type", "sft"), {}).items():
+        section, name = key.split(".")
+        part = tree.setdefault(section, {})
+        if isinstance(part, dict) and name not in part:
+            part[name] = value
+            filled[key] = value
+    return filled
+
+
 class RunConfig(_Strict):
     task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -315,9 +335,13 @@ def validate(cls, tree: dict, source: str, what: str = "config"):
                           fix="docs/configuration.md lists every key with its type and default") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (optional), apply --set overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, log=None) -> RunConfig:
+    """Read a YAML config (optional), apply --set overrides and the task type's defaults, validate."""
     tree = read_yaml_tree(path, overrides, "model/data/adapter/train")
+    filled = task_defaults(tree)
+    if filled and log is not None:
+        log(f"{tree['task']['type']} defaults: " + ", ".join(f"{k}={v}" for k, v in filled.items())
+            + " (measured best for this task type: experiments/defaults/README.md; --set overrides them)")
     return validate(RunConfig, tree, str(path) if path is not None else "config")
 
 

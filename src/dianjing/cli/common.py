@@ -67,7 +67,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                    help="set any config key, e.g. --set train.lr=1e-4 (repeatable)")
 
 
-def config_from_args(args) -> RunConfig:
+def config_from_args(args, log=None) -> RunConfig:
     overrides = []
     if args.model:
         overrides.append(f"model.name={args.model}")
@@ -76,7 +76,7 @@ def config_from_args(args) -> RunConfig:
     if getattr(args, "task", None):
         overrides.append(f"task.type={args.task}")
     overrides += args.set
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides, log=log)
     columns = _columns(getattr(args, "columns", None))
     if args.data:
         fmt = args.format or "auto"

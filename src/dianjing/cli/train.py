@@ -93,7 +93,7 @@ def _train(args) -> int:
     if args.resume:
         run_dir, summary = resume(Path(args.resume), log=log)
     else:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, log=log)
         if args.output_dir:
             cfg.train.output_dir = args.output_dir
         run_dir, summary = train(cfg, log=log)
