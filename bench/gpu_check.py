@@ -29,7 +29,7 @@ check that fails prints {"check": ..., "error": ..., "stderr_tail": ...}:
 
 MFU counts FLOPs the way bench/sft_vs_trl.py does: 6 x (non-embedding parameters) per trained token
 + 6 x (output-layer parameters) per supervised token, over the measured bf16 matmul peak
-(dianjing.precision.peak_gflops). Throughput is over the steps after the first (the first holds
+(dianjing.peak.peak_gflops). Throughput is over the steps after the first (the first holds
 torch.compile and allocator warm-up; its time is reported beside it).
 """
 
@@ -108,9 +108,9 @@ def _peak_gflops(dev) -> tuple[float, str]:
     import torch
 
     try:
-        from dianjing.precision import peak_gflops
+        from dianjing.peak import peak_gflops
 
-        return peak_gflops(dev, torch.bfloat16), "dianjing.precision.peak_gflops"
+        return peak_gflops(dev, torch.bfloat16), "dianjing.peak.peak_gflops"
     except ImportError:
         pass
     n = 8192 if dev.type == "cuda" else 1024

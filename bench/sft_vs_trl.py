@@ -235,7 +235,7 @@ def main() -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from dianjing.models.load import resolve_model
-    from dianjing.precision import matmul_peak
+    from dianjing.peak import matmul_peak
 
     torch.set_num_threads(args.threads)
     # the honest peak: the best of the models' own F.linear shapes and a few squares, cached per machine

@@ -74,7 +74,8 @@ def peak_checks() -> list[Check]:
     import torch
 
     from dianjing.errors import DianjingError
-    from dianjing.precision import REMEASURE_ENV, bf16_evidence, bf16_supported, device, matmul_peak
+    from dianjing.peak import REMEASURE_ENV, bf16_evidence, matmul_peak
+    from dianjing.precision import bf16_supported, device
 
     try:
         dev = device("auto")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dianjing import doctor, precision
+from dianjing import doctor, peak, precision
 
 GIB = 2**30
 FAKE = [SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * GIB, major=9, minor=0),
@@ -65,7 +65,7 @@ def test_mps_is_reported_and_picked(monkeypatch):
 
 
 def _peak(gflops, dtype, family, load=0.1, device="Test CPU"):
-    return precision.Peak(gflops=gflops, shape=(2048, 640, 2048), dtype=dtype, family=family, capability="AVX512",
+    return peak.Peak(gflops=gflops, shape=(2048, 640, 2048), dtype=dtype, family=family, capability="AVX512",
                           threads=2, torch=torch.__version__, device=device, shapes={"2048x640x2048": gflops},
                           skipped=[], seconds=3.2, load=load, measured_at="2026-12-01T10:00:00+00:00")
 
@@ -75,8 +75,8 @@ def peaks(tmp_path, monkeypatch):
     """A temporary peak.json, no peaks in this process; `measure_peak` returns made-up figures and counts."""
     monkeypatch.setenv("DIANJING_CACHE", str(tmp_path))
     monkeypatch.delenv("DIANJING_PEAK_CACHE", raising=False)
-    monkeypatch.delenv(precision.REMEASURE_ENV, raising=False)
-    monkeypatch.setattr(precision, "_PEAKS", {})
+    monkeypatch.delenv(peak.REMEASURE_ENV, raising=False)
+    monkeypatch.setattr(peak, "_PEAKS", {})
     made = []
 
     def fake(on=None, dtype=torch.bfloat16, **kw):
@@ -85,7 +85,7 @@ def peaks(tmp_path, monkeypatch):
         return _peak(900.0 if bf16 else 250.0, "bf16" if bf16 else "fp32", "AMX" if bf16 else "AVX-512",
                      device=precision.device_name(on))
 
-    monkeypatch.setattr(precision, "measure_peak", fake)
+    monkeypatch.setattr(peak, "measure_peak", fake)
     return made
 
 
@@ -115,7 +115,7 @@ def test_the_honest_peak_is_measured_once_then_read_from_the_cache(on_cpu, peaks
                                                                 "AMX kernels (torch dispatch: AVX512), 2 threads")
     assert "measured now in 3.2 s" in detail and got["peak fp32"][1].startswith("250 GFLOP/s")
     assert "AMX tiles are in use" in got["bf16 kernels"][1] and "3.6×" in got["bf16 kernels"][1]
-    monkeypatch.setattr(precision, "_PEAKS", {})  # the next `dianjing doctor`: from peak.json, nothing measured
+    monkeypatch.setattr(peak, "_PEAKS", {})  # the next `dianjing doctor`: from peak.json, nothing measured
     again = _by_name(doctor.peak_checks())
     assert "from the cache (2026-12-01)" in again["peak bf16"][1] and "from the cache" in again["peak fp32"][1]
     assert len(peaks) == 2
@@ -130,7 +130,7 @@ def test_without_fast_bf16_only_the_fp32_peak_is_measured(on_cpu, peaks, monkeyp
 
 def test_a_peak_measured_on_a_busy_machine_is_a_warning(on_cpu, peaks, monkeypatch):
     monkeypatch.setattr(precision, "bf16_supported", lambda on=None: False)
-    monkeypatch.setattr(precision, "measure_peak", lambda on=None, dtype=None, **k: _peak(90.0, "fp32", "AVX-512",
+    monkeypatch.setattr(peak, "measure_peak", lambda on=None, dtype=None, **k: _peak(90.0, "fp32", "AVX-512",
                                                                                            load=1000.0))
     status, detail, fix = _by_name(doctor.peak_checks())["peak fp32"]
     assert status == "warn" and "load 1000 while measured" in detail and "DIANJING_REMEASURE_PEAK=1" in fix

@@ -24,6 +24,7 @@ from dianjing.config import RunConfig, dump_config, load_config
 from dianjing.data.batching import epoch_order
 from dianjing.errors import DianjingError
 from dianjing.models.load import load_tokenizer, resolve_model
+from dianjing.peak import peak_gflops
 from dianjing.routes import GENERATIVE, builder_for
 from dianjing.run_folder import RunFolder
 from dianjing.train import checkpoint as ckpt
@@ -214,21 +215,11 @@ class Trainer:
         with (open(self.folder.metrics, "a", encoding="utf-8") if self.world.main
               else contextlib.nullcontext(Silent())) as metrics:
             while step < self.total_steps:
-                batches = [self.micro_batch(step * t.grad_accum + a) for a in range(t.grad_accum)]
-                # counted on the host before the batches move, over all processes: the step's loss is
-                # divided by its global number of targets
-                n_targets, step_tokens = (int(x) for x in self.world.sum(
-                    sum(w * self.setup.count_targets(b) for b, w in batches),
-                    sum(w * int(b["attention_mask"].sum()) for b, w in batches)))
-                _fault_point("rank-dies", self.world.rank, step)
-                loss, gnorm = self._gradients(batches, n_targets)
+                loss, gnorm, n_targets, step_tokens = self.step(step)
                 if not (math.isfinite(loss) and math.isfinite(gnorm)):
                     step = self._skip_bad_step(step, state, loss, gnorm)
                     continue
                 state["bad_steps"] = 0
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
                 step += 1
                 state["step"] = step
                 state["tokens"] += step_tokens
@@ -251,6 +242,29 @@ class Trainer:
                     self._save_checkpoint(step, state)
         bar.close()
         return state
+
+    def step(self, step: int) -> tuple[float, float, int, int]:
+        """One optimizer step's work on the data of step `step`: gradients over its micro-batches, then
+        (when loss and gradient norm are finite) the update; (loss, grad norm, targets, tokens).
+
+        A bad step's gradients are left for `run` to drop. bench/step_budget.py profiles this same call;
+        the `dianjing::optimizer` label (and `dianjing::clip`, `dianjing::output_layer` in the loss) are
+        the ranges it times."""
+        t = self.cfg.train
+        batches = [self.micro_batch(step * t.grad_accum + a) for a in range(t.grad_accum)]
+        # counted on the host before the batches move, over all processes: the step's loss is
+        # divided by its global number of targets
+        n_targets, step_tokens = (int(x) for x in self.world.sum(
+            sum(w * self.setup.count_targets(b) for b, w in batches),
+            sum(w * int(b["attention_mask"].sum()) for b, w in batches)))
+        _fault_point("rank-dies", self.world.rank, step)
+        loss, gnorm = self._gradients(batches, n_targets)
+        if math.isfinite(loss) and math.isfinite(gnorm):
+            with torch.profiler.record_function("dianjing::optimizer"):
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        return loss, gnorm, n_targets, step_tokens
 
     def _start(self, resume: bool) -> dict:
         """The loop's state: fresh, or from the last complete checkpoint (metrics past it are dropped)."""
@@ -284,7 +298,8 @@ class Trainer:
                 ((loss_sum / max(1, n_targets)) * weight).backward()
             total_loss += weight * loss_sum.detach().double()  # one host sync per step, not per micro-batch
         (total,) = self.world.sum(float(total_loss))
-        gnorm = self.engine.clip(self.params, self.cfg.train.max_grad_norm)
+        with torch.profiler.record_function("dianjing::clip"):
+            gnorm = self.engine.clip(self.params, self.cfg.train.max_grad_norm)
         return total / max(1, n_targets), gnorm
 
     def _skip_bad_step(self, step: int, state: dict, loss: float, gnorm: float) -> int:
@@ -343,7 +358,7 @@ class Trainer:
         """Where the run computed, its peak device memory, and MFU against the device's measured matmul peak."""
         dev, dtype = self.device, self.precision.dtype
         flops = self.setup.flops_per_token * state["tokens"] + self.setup.flops_per_target * state["supervised_tokens"]
-        peak = precision.peak_gflops(dev, dtype) * 1e9 * self.world.size
+        peak = peak_gflops(dev, dtype) * 1e9 * self.world.size
         return {"device": str(dev) if not self.world.many else dev.type, "device_name": precision.device_name(dev),
                 "processes": self.world.size, "parallel": self.engine.mode,
                 "peak_device_memory_mb": precision.peak_device_memory_mb(dev),

@@ -158,12 +158,15 @@ class SFTLoss:
         n = int(targets.numel())
         if self.mode == "sparse":
             h = self.decoder(input_ids=ids, use_cache=False, **where).last_hidden_state
-            hs = h[:, :-1][tmask]
-            w = self.head.weight
-            b = getattr(self.head, "bias", None)
-            loss = FusedLinearCrossEntropy.apply(hs, w, b, targets, self.softcap)
+            # the label bench/step_budget.py times the output layer by: its forward computes the gradients too
+            with torch.profiler.record_function("dianjing::output_layer"):
+                hs = h[:, :-1][tmask]
+                w = self.head.weight
+                b = getattr(self.head, "bias", None)
+                loss = FusedLinearCrossEntropy.apply(hs, w, b, targets, self.softcap)
             return loss, n
         logits = self.model(input_ids=ids, use_cache=False, **where).logits
-        logits = logits[:, -ids.shape[1]:]  # prompt tuning prepends virtual tokens
-        z = logits[:, :-1][tmask].float()
-        return torch.nn.functional.cross_entropy(z, targets, reduction="sum"), n
+        with torch.profiler.record_function("dianjing::output_layer"):  # the head's products are in the model
+            logits = logits[:, -ids.shape[1]:]  # prompt tuning prepends virtual tokens
+            z = logits[:, :-1][tmask].float()
+            return torch.nn.functional.cross_entropy(z, targets, reduction="sum"), n

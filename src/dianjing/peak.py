@@ -1,0 +1,326 @@
+"""The matmul peak of a device: the denominator of MFU, measured honestly and once per machine.
+
+`matmul_peak(device, dtype)` times the shapes the models actually run (their projections) and a few
+squares, with warm-up, keeps the best, names the kernel family (AMX, AVX-512 BF16, AVX2 from the CPU
+flags, with the measured bf16/fp32 ratio as evidence) and caches the result in peak.json under the
+dianjing cache, keyed by device, dtype, thread count and torch version (DIANJING_REMEASURE_PEAK=1
+measures again; a probe run on a busy machine is not cached). train/loop.py's MFU, `dianjing doctor`,
+`dianjing cost` and the benches all read this figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dianjing.precision import device_name
+
+def _sync(on: torch.device) -> None:
+    if on.type == "cuda":
+        torch.cuda.synchronize(on)
+    elif on.type == "mps":
+        torch.mps.synchronize()
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, seconds: float = 0.2, on: torch.device | None = None) -> float:
+    """Measured square-matmul throughput in GFLOP/s for a dtype on a device (the CPU by default).
+
+    One size, so not the device's peak (see `matmul_peak`): `bf16_supported` compares two of these."""
+    return _shape_gflops(dtype, (n, n, n), seconds, on or torch.device("cpu"))
+
+
+# -- the matmul peak: the denominator of MFU -------------------------------------------------
+# A peak measured on one small square product is not the device's peak: on a Xeon with AMX a
+# bf16 1024² product reaches ~400 GFLOP/s, a 2048² one ~900, and the model's own F.linear
+# shapes ~820, so MFU against the 1024² figure came out twice too high. The probe below times
+# the shapes the models run, plus squares, and keeps the best; it is cached per machine.
+#
+# A shape is (M, K, N): F.linear of M tokens × K features in by an N×K weight (2·M·K·N FLOPs).
+CPU_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (1024, 1024, 1024), (2048, 2048, 2048), (3072, 3072, 3072), (4096, 4096, 4096),
+    (2048, 640, 2048), (2048, 2048, 640),  # Gemma 3 270M: MLP gate/up and down over 2048 tokens
+    (2048, 1152, 6912), (2048, 6912, 1152),  # Gemma 3 1B: MLP gate/up and down
+    (4096, 576, 1536),  # SmolLM2-135M: MLP gate/up over 4096 tokens
+)
+# a GPU's tensor cores need large products to approach their peak
+CUDA_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (4096, 4096, 4096), (8192, 8192, 8192), (8192, 1152, 6912), (8192, 6912, 1152),
+)
+PEAK_BUDGET_S = 4.0  # the whole probe, per dtype: short timed windows, big shapes skipped when they do not fit
+PEAK_CACHE_VERSION = 1
+REMEASURE_ENV = "DIANJING_REMEASURE_PEAK"
+
+
+def shape_label(shape: tuple[int, int, int]) -> str:
+    """'2048x640x2048': tokens × features in × features out."""
+    return "x".join(str(d) for d in shape)
+
+
+@dataclass
+class Peak:
+    """A measured matmul peak, with what it was measured on and how."""
+
+    gflops: float  # the best shape's throughput
+    shape: tuple[int, int, int]  # the shape that reached it: (tokens, in, out)
+    dtype: str  # 'bf16' | 'fp32'
+    family: str  # the kernel family the hardware offers for this dtype: AMX, AVX-512 BF16, AVX-512, AVX2, …
+    capability: str  # the CPU's: torch.backends.cpu.get_cpu_capability(); a GPU's: sm_XY
+    threads: int
+    torch: str
+    device: str  # device_name(): the CPU's or GPU's model
+    shapes: dict[str, float]  # every measured shape's GFLOP/s, by shape_label
+    skipped: list[str]  # shapes not measured, each with why
+    seconds: float  # how long the probe took
+    load: float | None  # the 1-minute load average when the probe started (None where unknown)
+    measured_at: str  # ISO time
+    cached: bool = False  # read from peak.json rather than measured in this process
+
+    @property
+    def label(self) -> str:
+        return shape_label(self.shape)
+
+
+def cpu_flags(text: str | None = None, path: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags: from `text` (cpuinfo's contents) or the file at `path`; empty where unknown."""
+    if text is None:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return set()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("flags", "features"):  # x86 says flags, Arm says Features
+            return set(value.split())
+    return set()
+
+
+def kernel_family(dtype: torch.dtype, flags: set[str] | None = None) -> str:
+    """The matmul kernel family the CPU offers for a dtype, from its flags (`cpu_flags()` by default).
+
+    bf16: 'AMX' (amx_bf16 + amx_tile matrix tiles), else 'AVX-512 BF16' (vector bf16 dot products),
+    else the vector ISA, which converts bf16 to fp32. fp32 and other dtypes: the vector ISA,
+    'AVX-512' or 'AVX2' ('generic' for neither): AMX has no fp32 tiles."""
+    flags = cpu_flags() if flags is None else flags
+    if dtype == torch.bfloat16:
+        if {"amx_bf16", "amx_tile"} <= flags:
+            return "AMX"
+        if "avx512_bf16" in flags:
+            return "AVX-512 BF16"
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags:
+        return "AVX2"
+    return "generic"
+
+
+def bf16_evidence(bf16: Peak, fp32: Peak) -> str:
+    """What the measured bf16/fp32 ratio says about the bf16 kernels that actually ran.
+
+    Vector bf16 instructions (AVX-512 BF16) give at most ~2× fp32; well above that (2.5× here)
+    only matrix units (AMX tiles) explain it. The flags say what the CPU has, the ratio what ran."""
+    ratio = bf16.gflops / max(fp32.gflops, 1e-9)
+    said = f"measured bf16/fp32 = {ratio:.1f}× ({bf16.gflops:.0f} / {fp32.gflops:.0f} GFLOP/s)"
+    if ratio >= 2.5:
+        return said + (": more than vector bf16 gives (≤2×), so the AMX tiles are in use" if bf16.family == "AMX"
+                       else f": consistent with fast bf16 kernels ({bf16.family})")
+    if ratio >= 1.3:
+        return said + (": vector-bf16 speed; the CPU has AMX but the measurement does not show it in use "
+                       "(an older oneDNN in torch, or a busy machine)" if bf16.family == "AMX"
+                       else f": native bf16 kernels ({bf16.family})")
+    return said + ": bf16 is not faster than fp32 here (converted or emulated)"
+
+
+def _capability(on: torch.device) -> str:
+    if on.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(on)
+        return f"sm_{major}{minor}"
+    if on.type == "mps":
+        return "mps"
+    get = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return get() if get else "unknown"
+
+
+def _family(on: torch.device, dtype: torch.dtype) -> str:
+    if on.type == "cuda":
+        return "CUDA " + _capability(on)
+    if on.type == "mps":
+        return "MPS"
+    return kernel_family(dtype)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
+def _shape_gflops(dtype: torch.dtype, shape: tuple[int, int, int], seconds: float, on: torch.device) -> float:
+    """GFLOP/s of F.linear over one (tokens, in, out) shape: warmed up, then timed for `seconds`."""
+    import time
+
+    import torch.nn.functional as F
+
+    m, k, n = shape
+    x, w = torch.randn(m, k, device=on).to(dtype), torch.randn(n, k, device=on).to(dtype)
+    start = time.perf_counter()
+    F.linear(x, w)  # warm-up: the first call picks (and on AMX, JIT-compiles) the kernel
+    _sync(on)
+    if time.perf_counter() - start < seconds / 4:  # a second warm-up where it is cheap
+        F.linear(x, w)
+        _sync(on)
+    reps, start = 0, time.perf_counter()
+    while True:
+        F.linear(x, w)
+        reps += 1
+        if reps % 8 == 0 or on.type == "cpu":
+            _sync(on)
+            spent = time.perf_counter() - start
+            if spent > seconds:
+                return 2 * m * k * n * reps / spent / 1e9
+
+
+def measure_peak(on: torch.device | None = None, dtype: torch.dtype = torch.bfloat16,
+                 budget_s: float = PEAK_BUDGET_S, shapes=None) -> Peak:
+    """Measure the device's matmul peak for a dtype: the best of the shapes the models run and a few squares.
+
+    Shapes are timed cheapest first, each warmed up and then timed for a short window; a shape
+    whose estimated time no longer fits in `budget_s` is skipped (the first is always measured),
+    and so are the larger squares once a square comes out clearly slower than the one before.
+    Uncached: `matmul_peak` / `peak_gflops` read and write the per-machine cache."""
+    import time
+    from datetime import datetime, timezone
+
+    on = on or torch.device("cpu")
+    shapes = sorted(shapes or (CUDA_SHAPES if on.type == "cuda" else CPU_SHAPES), key=lambda s: s[0] * s[1] * s[2])
+    window = max(0.02, 0.5 * budget_s / len(shapes))
+    load, threads, began = _load(), torch.get_num_threads(), time.perf_counter()
+    got: dict[str, float] = {}
+    skipped: list[str] = []
+    last_square, squares_done = None, False
+    for shape in shapes:
+        label, square = shape_label(shape), shape[0] == shape[1] == shape[2]
+        if square and squares_done:
+            skipped.append(f"{label} (a smaller square was clearly faster)")
+            continue
+        if got:  # warm-up and at least one timed product at the slowest rate seen so far, plus the window
+            rep = 2 * shape[0] * shape[1] * shape[2] / (min(got.values()) * 1e9)
+            if time.perf_counter() - began + 2 * rep + window > budget_s:
+                skipped.append(f"{label} (would not fit in the {budget_s:g} s budget)")
+                continue
+        got[label] = rate = _shape_gflops(dtype, shape, window, on)
+        if square:
+            if last_square is not None and rate < 0.85 * last_square:
+                squares_done = True
+            last_square = rate
+    best = max(got, key=got.get)
+    return Peak(gflops=round(got[best], 1), shape=tuple(int(d) for d in best.split("x")), dtype=_dtype_name(dtype),
+                family=_family(on, dtype), capability=_capability(on), threads=threads, torch=torch.__version__,
+                device=device_name(on), shapes={k: round(v, 1) for k, v in got.items()}, skipped=skipped,
+                seconds=round(time.perf_counter() - began, 2), load=load,
+                measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def peak_key(on: torch.device, dtype: torch.dtype) -> str:
+    """The cache key of a peak: what it depends on (device model, dtype, threads, torch version)."""
+    return f"{device_name(on)} | {_dtype_name(dtype)} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def peak_cache_path() -> Path:
+    """peak.json in the dianjing cache (DIANJING_CACHE, else ~/.cache/dianjing); DIANJING_PEAK_CACHE names
+    another file (the test suite's, so that peaks measured while tests load the machine stay out of yours)."""
+    from dianjing.models.load import cache_dir
+
+    return Path(os.environ.get("DIANJING_PEAK_CACHE") or cache_dir() / "peak.json")
+
+
+def _busy(peak: Peak, on: torch.device) -> bool:
+    """A CPU probe that ran while other work held more than half the cores: too low to keep as the peak."""
+    return on.type == "cpu" and peak.load is not None and peak.load > 0.5 * (os.cpu_count() or 1)
+
+
+def _read_peaks(path) -> dict:
+    """peak.json's entries; an unreadable, corrupt or older file reads as empty (so the peak is measured again)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != PEAK_CACHE_VERSION:
+        return {}
+    if not isinstance(data.get("peaks"), dict):
+        return {}
+    return data["peaks"]
+
+
+def _peak_from(entry) -> Peak | None:
+    try:
+        p = Peak(**{**entry, "shape": tuple(int(d) for d in entry["shape"]), "cached": True})
+        return p if isinstance(p.gflops, (int, float)) and p.gflops > 0 else None
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _write_peak(path, key: str, peak: Peak) -> None:
+    """Add one entry to peak.json, atomically (a temporary file renamed over it); a cache that cannot be
+    written is skipped: the peak was measured all the same, and is measured again next time."""
+    import json
+    import tempfile
+    from dataclasses import asdict
+
+    path = Path(path)
+    peaks = _read_peaks(path)
+    peaks[key] = {k: v for k, v in asdict(peak).items() if k != "cached"}
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".peak.", suffix=".tmp", delete=False,
+                                         encoding="utf-8") as f:
+            tmp = f.name
+            json.dump({"version": PEAK_CACHE_VERSION, "peaks": peaks}, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+_PEAKS: dict[str, Peak] = {}  # this process's peaks, by peak_key
+
+
+def matmul_peak(on: torch.device | None = None, dtype: torch.dtype = torch.bfloat16,
+                remeasure: bool = False) -> Peak:
+    """The device's matmul peak for a dtype, measured once per machine (`measure_peak`) and cached.
+
+    Looked up in this process's peaks, then in peak.json (`peak_cache_path()`), keyed by
+    `peak_key`; else measured and written there. DIANJING_REMEASURE_PEAK=1 skips peak.json (this
+    process measures once and writes the new figure); `remeasure=True` measures again regardless."""
+    on = on or torch.device("cpu")
+    key = peak_key(on, dtype)
+    if not remeasure and key in _PEAKS:
+        return _PEAKS[key]
+    path = peak_cache_path()
+    env = os.environ.get(REMEASURE_ENV, "").strip().lower() in ("1", "true", "yes")
+    found = None if remeasure or env else _peak_from(_read_peaks(path).get(key))
+    if found is None:
+        found = measure_peak(on, dtype)
+        if not _busy(found, on):  # a busy machine's figure serves this process only; the next one measures again
+            _write_peak(path, key, found)
+    _PEAKS[key] = found
+    return found
+
+
+def peak_gflops(on: torch.device, dtype: torch.dtype) -> float:
+    """The device's matmul peak for a dtype in GFLOP/s (the MFU denominator): `matmul_peak(on, dtype).gflops`."""
+    return matmul_peak(on, dtype).gflops

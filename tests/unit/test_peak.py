@@ -1,0 +1,169 @@
+"""The matmul peak (dianjing.peak): the probe, the kernel family and the per-machine cache."""
+
+import pytest
+import torch
+
+from dianjing import peak
+
+
+# -- the matmul peak (MFU's denominator): the probe, the kernel family, the per-machine cache -----
+def _peak(gflops=900.0, dtype="bf16", family="AMX", **kw) -> peak.Peak:
+    return peak.Peak(gflops=gflops, shape=(2048, 640, 2048), dtype=dtype, family=family, capability="AVX512",
+                          threads=2, torch=torch.__version__, device="Test CPU", shapes={"2048x640x2048": gflops},
+                          skipped=[], seconds=3.0, measured_at="2026-12-01T00:00:00+00:00", **{"load": 0.5, **kw})
+
+
+@pytest.fixture
+def peak_cache(tmp_path, monkeypatch):
+    """peak.json in a temporary cache, no peaks in this process, no forced re-measuring."""
+    monkeypatch.setenv("DIANJING_CACHE", str(tmp_path))
+    monkeypatch.delenv("DIANJING_PEAK_CACHE", raising=False)
+    monkeypatch.delenv(peak.REMEASURE_ENV, raising=False)
+    monkeypatch.setattr(peak, "_PEAKS", {})
+    return tmp_path / "peak.json"
+
+
+def _measures(monkeypatch, gflops=900.0) -> list:
+    calls = []
+
+    def fake(on=None, dtype=torch.bfloat16, **kw):
+        calls.append(dtype)
+        return _peak(gflops, dtype=peak._dtype_name(dtype))
+
+    monkeypatch.setattr(peak, "measure_peak", fake)
+    return calls
+
+
+def _no_measuring(monkeypatch):
+    monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: pytest.fail("measured although the peak is cached"))
+
+
+def test_a_peak_measured_on_a_busy_machine_is_not_kept(peak_cache, monkeypatch):
+    calls = []
+    monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: calls.append(1) or _peak(400.0, load=50.0))
+    assert peak.matmul_peak(torch.device("cpu"), torch.bfloat16).gflops == 400.0
+    assert not peak_cache.exists()  # the next process measures again, when the machine may be quiet
+    peak.matmul_peak(torch.device("cpu"), torch.bfloat16)
+    assert calls == [1]  # but this process does not measure twice
+
+
+def test_the_peak_cache_file_can_be_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIANJING_PEAK_CACHE", str(tmp_path / "suite-peak.json"))
+    assert peak.peak_cache_path() == tmp_path / "suite-peak.json"
+
+
+def test_the_peak_is_measured_once_per_machine_and_read_back(peak_cache, monkeypatch):
+    calls = _measures(monkeypatch)
+    p = peak.matmul_peak(torch.device("cpu"), torch.bfloat16)
+    assert calls == [torch.bfloat16] and not p.cached and peak_cache.exists()
+    assert peak.peak_gflops(torch.device("cpu"), torch.bfloat16) == 900.0  # this process's own copy
+    monkeypatch.setattr(peak, "_PEAKS", {})  # a new process
+    _no_measuring(monkeypatch)
+    again = peak.matmul_peak(torch.device("cpu"), torch.bfloat16)
+    assert again.cached and again.gflops == 900.0 and again.shape == (2048, 640, 2048) and again.family == "AMX"
+    assert not list(peak_cache.parent.glob(".peak.*"))  # the atomic write left no temporary file
+
+
+def test_a_corrupt_or_foreign_cache_is_measured_again_not_a_crash(peak_cache, monkeypatch):
+    calls = _measures(monkeypatch)
+    peak_cache.write_text("{not json")
+    assert peak.peak_gflops(torch.device("cpu"), torch.float32) == 900.0 and len(calls) == 1
+    key = peak.peak_key(torch.device("cpu"), torch.float32)
+    for broken in ({"version": 1, "peaks": {key: {"gflops": 5.0}}},  # an entry missing its fields
+                   {"version": 1, "peaks": {key: {**_peak().__dict__, "gflops": "fast", "shape": [1, 2, 3]}}},
+                   [1, 2, 3]):
+        peak_cache.write_text(__import__("json").dumps(broken, default=list))
+        monkeypatch.setattr(peak, "_PEAKS", {})
+        assert peak.peak_gflops(torch.device("cpu"), torch.float32) == 900.0
+    assert len(calls) == 4 and peak._peak_from(peak._read_peaks(peak_cache)[key]) is not None
+
+
+def test_remeasuring_is_forced_by_the_environment_or_the_argument(peak_cache, monkeypatch):
+    calls = _measures(monkeypatch)
+    peak.matmul_peak(torch.device("cpu"), torch.bfloat16)
+    monkeypatch.setattr(peak, "_PEAKS", {})
+    monkeypatch.setenv(peak.REMEASURE_ENV, "1")
+    assert not peak.matmul_peak(torch.device("cpu"), torch.bfloat16).cached and len(calls) == 2
+    peak.matmul_peak(torch.device("cpu"), torch.bfloat16)  # measured once per process, not per call
+    peak.matmul_peak(torch.device("cpu"), torch.bfloat16, remeasure=True)
+    assert len(calls) == 3
+
+
+def test_the_cache_key_names_device_dtype_threads_and_torch():
+    cpu = torch.device("cpu")
+    torch.set_num_threads(1)  # conftest restores the thread count
+    one = peak.peak_key(cpu, torch.bfloat16)
+    assert one != peak.peak_key(cpu, torch.float32)
+    torch.set_num_threads(2)
+    assert one != peak.peak_key(cpu, torch.bfloat16)
+    assert torch.__version__ in one and peak.device_name(cpu) in one
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx2 avx512f avx512bw {extra}
+"""
+
+
+@pytest.mark.parametrize("extra,bf16,fp32", [
+    ("avx512_bf16 amx_bf16 amx_tile amx_int8", "AMX", "AVX-512"),  # Sapphire Rapids: fp32 has no tiles
+    ("avx512_bf16 amx_tile", "AVX-512 BF16", "AVX-512"),  # tiles without their bf16 instructions
+    ("avx512_bf16", "AVX-512 BF16", "AVX-512"),  # Cooper Lake, Zen 4
+    ("", "AVX-512", "AVX-512"),  # Skylake-SP: bf16 converted to fp32
+])
+def test_the_kernel_family_comes_from_the_cpu_flags(extra, bf16, fp32):
+    flags = peak.cpu_flags(CPUINFO.format(extra=extra))
+    assert peak.kernel_family(torch.bfloat16, flags) == bf16
+    assert peak.kernel_family(torch.float32, flags) == fp32
+
+
+def test_cpu_flags_read_a_file_and_know_avx2_arm_and_nothing(tmp_path):
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor : 0\nflags : sse2 avx avx2 fma\n")
+    assert peak.kernel_family(torch.bfloat16, peak.cpu_flags(path=f)) == "AVX2"
+    assert peak.cpu_flags("processor : 0\nFeatures : fp asimd bf16 sve\n") == {"fp", "asimd", "bf16", "sve"}
+    assert peak.cpu_flags(path=tmp_path / "missing") == set()
+    assert peak.kernel_family(torch.bfloat16, set()) == "generic"
+
+
+def test_the_bf16_fp32_ratio_says_whether_the_tiles_ran():
+    assert "AMX tiles are in use" in peak.bf16_evidence(_peak(900.0), _peak(250.0, "fp32", "AVX-512"))
+    slow = peak.bf16_evidence(_peak(400.0), _peak(250.0, "fp32", "AVX-512"))
+    assert "1.6×" in slow and "does not show it in use" in slow
+    assert "not faster" in peak.bf16_evidence(_peak(20.0, family="AVX2"), _peak(100.0, "fp32", "AVX2"))
+
+
+def _fake_rates(monkeypatch, rates: dict) -> list:
+    timed = []
+
+    def fake(dtype, shape, seconds, on):
+        timed.append(shape)
+        assert 0 < seconds < 1 and on.type == "cpu"
+        return rates.get(shape, 100.0)
+
+    monkeypatch.setattr(peak, "_shape_gflops", fake)
+    return timed
+
+
+def test_the_probe_keeps_the_best_shape_and_skips_squares_that_got_slower(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: pytest.fail("a CPU probe asked CUDA"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: pytest.fail("a CPU probe asked CUDA"))
+    rates = {(1024, 1024, 1024): 400.0, (2048, 2048, 2048): 880.0, (3072, 3072, 3072): 600.0,
+             (2048, 640, 2048): 820.0, (2048, 1152, 6912): 910.0, (4096, 576, 1536): 700.0}
+    timed = _fake_rates(monkeypatch, rates)
+    p = peak.measure_peak(torch.device("cpu"), torch.bfloat16)
+    assert p.gflops == 910.0 and p.shape == (2048, 1152, 6912) and p.label == "2048x1152x6912"
+    assert (4096, 4096, 4096) not in timed and p.skipped == ["4096x4096x4096 (a smaller square was clearly faster)"]
+    assert len(p.shapes) == len(peak.CPU_SHAPES) - 1 and p.shapes["1024x1024x1024"] == 400.0
+    assert timed[0] == (1024, 1024, 1024)  # cheapest first
+    assert p.dtype == "bf16" and p.threads == torch.get_num_threads() and p.torch == torch.__version__
+    assert p.family == peak.kernel_family(torch.bfloat16)
+    assert p.device == peak.device_name(torch.device("cpu"))
+
+
+def test_the_probe_skips_shapes_that_would_not_fit_its_budget(monkeypatch):
+    _fake_rates(monkeypatch, {(1024, 1024, 1024): 1.0})  # 2 GFLOP/s-class: an emulated bf16
+    p = peak.measure_peak(torch.device("cpu"), torch.bfloat16, budget_s=2.0)
+    assert p.shapes == {"1024x1024x1024": 1.0} and p.gflops == 1.0
+    assert len(p.skipped) == len(peak.CPU_SHAPES) - 1 and all("budget" in s for s in p.skipped)
