@@ -88,8 +88,8 @@ class ModelConfig(_Strict):
                             "flex attention (block masks: packed batches skip the blocks between examples) or "
                             "FlashAttention 2 (needs the flash-attn package and a GPU)")
     random_init: bool = Field(
-        False, description="specialists: same architecture with fresh random weights — the from-scratch "
-                           "baseline that shows what pre-training buys")
+        False, description="same architecture with fresh random weights — the from-scratch baseline that shows "
+                           "what pre-training buys (specialists; chat SFT with adapter.method: full)")
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in backward: 12.5 → 4.9 GiB peak for 5% time (Gemma, batch 8×512)")
 

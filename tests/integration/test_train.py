@@ -56,6 +56,41 @@ def test_full_finetuning_changes_base_weights(tiny_gemma, alpaca_file, tmp_path)
     assert losses[-1] < losses[0]
 
 
+def test_random_init_sft_trains_fresh_weights_of_the_same_architecture(tiny_gemma, alpaca_file, tmp_path):
+    from dianjing.infer.load import load_run
+    from transformers import AutoModelForCausalLM
+
+    pretrained = AutoModelForCausalLM.from_pretrained(str(tiny_gemma)).state_dict()
+    lines = []
+    cfg = sft_config(tiny_gemma, alpaca_file, tmp_path / "run", "train.epochs=3", "adapter.method=full",
+                     "model.random_init=true")
+    trainer = loop.Trainer(cfg, tmp_path / "run", log=lines.append)
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    # the same architecture: every tensor has its pre-trained name and shape, none of its values
+    assert {n: tuple(p.shape) for n, p in start.items()} == {n: tuple(pretrained[n].shape) for n in start}
+    matrices = [n for n, p in start.items() if p.dim() >= 2]
+    assert matrices and all(not torch.equal(start[n], pretrained[n]) for n in matrices)
+    assert any("from-scratch baseline" in line and "pre-trained weights" in line for line in lines)
+    trainer.save_outputs(trainer.run())
+    losses = logged_losses(tmp_path / "run")
+    assert losses[-1] < 0.7 * losses[0]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["random_init"] is True
+    # what eval and chat load is the trained from-scratch model, not the pre-trained one
+    model, _, _ = load_run(tmp_path / "run", precision="fp32", log=lambda *_: None)
+    trained = dict(model.named_parameters())
+    assert all(not torch.equal(trained[n].float(), start[n].float()) for n in matrices)
+    assert all(not torch.equal(trained[n].float(), pretrained[n]) for n in matrices)
+
+
+def test_random_init_sft_with_an_adapter_is_refused(tiny_llama, alpaca_file, tmp_path):
+    from dianjing.errors import ConfigError
+
+    cfg = sft_config(tiny_llama, alpaca_file, tmp_path / "run", "model.random_init=true", "adapter.method=lora")
+    with pytest.raises(ConfigError, match=r"(?s)model.random_init with adapter.method: lora.*fix: set "
+                                          r"adapter.method=full"):
+        train(cfg, log=lambda *_: None)
+
+
 @pytest.mark.parametrize("method", ["dora", "ia3", "prompt_tuning"])
 def test_other_peft_methods_train(tiny_llama, alpaca_file, tmp_path, method):
     run_dir, summary = train(sft_config(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=2",

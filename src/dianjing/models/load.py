@@ -187,6 +187,19 @@ def load_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False, a
     return model
 
 
+def random_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False, attn: str = "sdpa"):
+    """The causal LM that `path` holds, built from its config.json with fresh random weights (the
+    architecture's own initialisation, from torch's current seed); its trained weights are not read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read a model config from {path}: {e}") from None
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code,
+                                            attn_implementation=attn)
+
+
 def pick_dtype(precision: str) -> torch.dtype:
     """The dtype a precision setting resolves to (`dianjing.precision` is where runs decide)."""
     from dianjing.precision import resolve

@@ -10,7 +10,7 @@ from dianjing.data.render import RenderStats, render_all
 from dianjing.data.templates import choose_template
 from dianjing.errors import ConfigError, DianjingError
 from dianjing.models.adapters import attach, count_params
-from dianjing.models.load import enable_checkpointing, load_model
+from dianjing.models.load import enable_checkpointing, load_model, random_model
 from dianjing.run_folder import RunFolder
 from dianjing.train.compile import compile_blocks
 from dianjing.train.compile import decide as compile_decide
@@ -20,9 +20,12 @@ from dianjing.train.setup import Context, Setup, base_summary, trainable
 
 def build(ctx: Context) -> Setup:
     cfg, log = ctx.cfg, ctx.log
-    if cfg.model.random_init:
-        raise DianjingError("model.random_init is for specialist baselines; instruction tuning starts "
-                            "from pre-trained weights", fix="remove model.random_init or set task.type")
+    if cfg.model.random_init and cfg.adapter.method != "full":
+        # the run folder keeps only the adapter, and eval/chat/export would put it on the pre-trained base
+        raise ConfigError(f"model.random_init with adapter.method: {cfg.adapter.method}: the random frozen weights "
+                          "would be saved nowhere (a chat run folder keeps only the adapter, and loading it puts the "
+                          "adapter on the pre-trained model), and an adapter over random frozen weights learns little",
+                          fix="set adapter.method=full for a from-scratch baseline")
     if cfg.train.batching == "packed" and cfg.adapter.method == "prompt_tuning":
         raise ConfigError("train.batching: packed cannot be used with prompt tuning: its virtual tokens would "
                           "come before the first example of a row only", fix="use train.batching: length_grouped")
@@ -30,7 +33,7 @@ def build(ctx: Context) -> Setup:
     log(why)
     log(diagnose(template, cfg.data.loss_on, cfg.data.reasoning, cfg.data.system_prompt).text())
     train_set, eval_set, stats, load_report = _data(ctx, template)
-    model, total = causal_lm(ctx)
+    model, total = causal_lm(ctx, random_init=cfg.model.random_init)
     loss_fn = SFTLoss(model, cfg.train.logits, log=log)
     log(f"logits: {loss_fn.mode}")
     compiled = prepare(ctx, model)
@@ -51,7 +54,8 @@ def build(ctx: Context) -> Setup:
                  count_targets=lambda b: int(b["mask"][:, 1:].sum()),
                  flops_per_token=flops_per_token, flops_per_target=flops_per_target, save=save, summarize=summarize,
                  info={"base_model": ctx.model_path, "model_name": cfg.model.name, "method": cfg.adapter.method,
-                       "dtype": str(ctx.precision.dtype).split(".")[-1]},
+                       "dtype": str(ctx.precision.dtype).split(".")[-1],
+                       **({"random_init": True} if cfg.model.random_init else {})},
                  compiled=compiled)
 
 
@@ -111,12 +115,20 @@ def saver(ctx: Context, model, template):
     return save
 
 
-def causal_lm(ctx: Context):
-    """The base model in the run's precision, gradient checkpointing, the adapter (fp32 weights)."""
+def causal_lm(ctx: Context, random_init: bool = False):
+    """The base model in the run's precision, gradient checkpointing, the adapter (fp32 weights).
+    `random_init`: the same architecture with fresh random weights (seeded by train.seed), the
+    from-scratch baseline."""
     cfg, prec = ctx.cfg, ctx.precision
     full = cfg.adapter.method == "full"
-    base = load_model(ctx.model_path, prec.load_dtype(trains_base=full), cfg.model.trust_remote_code,
-                      cfg.model.attn_implementation)
+    dtype = prec.load_dtype(trains_base=full)
+    if random_init:
+        ctx.log(f"model.random_init: the architecture of {ctx.model_path} with fresh random weights (seed "
+                f"{cfg.train.seed}), none of its trained ones. Instruction tuning normally starts from pre-trained "
+                "weights: this is a from-scratch baseline, to show what pre-training buys")
+        base = random_model(ctx.model_path, dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation)
+    else:
+        base = load_model(ctx.model_path, dtype, cfg.model.trust_remote_code, cfg.model.attn_implementation)
     base.config.use_cache = False
     if cfg.model.gradient_checkpointing:
         enable_checkpointing(base)
