@@ -85,8 +85,8 @@ ARMS = {
         ("full, lr 1e-4, head_lr 1e-3", ["adapter.method=full", "train.lr=1e-4", "task.head_lr=1e-3"]),
     ]),
     "extract-qa": ("gemma-3-270m", [
-        ("old default", ["task.head_lr=null"]),
-        ("head_lr 1e-3 (the default now)", ["task.head_lr=1e-3"]),
+        ("default", ["task.head_lr=null"]),
+        ("head_lr 1e-3", ["task.head_lr=1e-3"]),
     ]),
     "sft": ("gemma-3-270m", [
         ("default", []),
