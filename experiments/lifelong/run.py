@@ -85,6 +85,19 @@ def run_arm(args, name: str) -> dict:
     return res
 
 
+def arm_cost(args, name: str) -> dict:
+    """What an arm's training cost: its stages' tokens, FLOPs and wall time (summary.json), and the same FLOPs
+    on one H100 at 40% of its bf16 peak (dianjing.eval.cost's table, as `dianjing cost` projects a run)."""
+    from dianjing.eval.cost import ACCELERATORS, DEFAULT_MFU
+
+    stages = sorted((Path(args.work) / "runs" / name / "stages").glob("*/summary.json"))
+    sums = [json.loads(p.read_text(encoding="utf-8")) for p in stages]
+    flops = sum(s.get("estimated_flops") or 0 for s in sums)
+    return {"stages": len(sums), "tokens": sum(s.get("tokens") or 0 for s in sums),
+            "train_wall_s": round(sum(s.get("wall_time_s") or 0 for s in sums), 1), "flops": flops,
+            "h100_s_at_40pct": round(flops / (ACCELERATORS["H100-SXM"] * 1e12 * DEFAULT_MFU), 2)}
+
+
 def task_names() -> list[str]:
     """The tasks in sequence.yaml's order (order 1): the table's columns, whatever order an arm used."""
     return [t["name"] for t in yaml.safe_load((HERE / "sequence.yaml").read_text(encoding="utf-8"))["tasks"]]
@@ -95,16 +108,17 @@ def side_by_side(arms: dict[str, dict]) -> str:
     first = next(iter(arms.values()))
     tasks = [t for t in task_names() if t in first["tasks"]]
     head = "| arm | order | " + " | ".join(f"{t} ({first['metrics'][t]})" for t in tasks) + \
-        " | average | avg forgetting | BWT | time |"
-    lines = [head, "| --- |" + " --- |" * (len(tasks) + 5)]
+        " | average | avg forgetting | BWT | time | training FLOPs (H100 at 40%) |"
+    lines = [head, "| --- |" + " --- |" * (len(tasks) + 6)]
     for name, r in arms.items():
         f = r.get("average_forgetting")
         lines.append(f"| {name} | {' → '.join(r['tasks'])} | " + " | ".join(f"{r['final'][t]:.1f}" for t in tasks)
                      + f" | {r['average']:.1f} | {'–' if f is None else f'{f:.1f}'} | "
-                     f"{'–' if r['bwt'] is None else format(r['bwt'], '.1f')} | {r.get('wall_time_s', 0) / 60:.0f} min |")
+                     f"{'–' if r['bwt'] is None else format(r['bwt'], '.1f')} | {r.get('wall_time_s', 0) / 60:.0f} min | "
+                     + (f"{r['cost']['flops']:.2e} ({r['cost']['h100_s_at_40pct']:.1f} s) |" if r.get("cost") else "– |"))
     maj = first["majority_rate"]
     lines.append("| majority class | | " + " | ".join("" if maj.get(t) is None else f"{maj[t]:.1f}" for t in tasks)
-                 + " | | | | |")
+                 + " | | | | | |")
     return "\n".join(lines)
 
 
@@ -157,6 +171,8 @@ def main() -> int:
 
     try:
         arms = {n: run_arm(args, n) for n in names}
+        for n in names:
+            arms[n]["cost"] = arm_cost(args, n)
     except DianjingError as e:
         log(f"error: {e}")
         return 2
