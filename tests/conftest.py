@@ -63,3 +63,15 @@ def _restore_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def peak_cache(tmp_path, monkeypatch):
+    """peak.json in a temporary cache, no peaks in this process, no forced re-measuring (dianjing.peak)."""
+    from dianjing import peak
+
+    monkeypatch.setenv("DIANJING_CACHE", str(tmp_path))
+    monkeypatch.delenv("DIANJING_PEAK_CACHE", raising=False)
+    monkeypatch.delenv(peak.REMEASURE_ENV, raising=False)
+    monkeypatch.setattr(peak, "_PEAKS", {})
+    return tmp_path / "peak.json"

@@ -95,9 +95,6 @@ ARMS = {
     ]),
 }
 
-HEADLINE = {"tag": ("f1", 100), "classify": ("accuracy", 100), "extract-qa": ("f1", 1), "sft": ("contains", 1)}
-
-
 def run_arm(task: str, arm: str, sets: list[str], train_f: Path, test_f: Path, fresh: bool = False) -> dict:
     model = ARMS[task][0]
     out = WORK / "runs" / f"{task}-{arm.replace(' ', '_').replace(',', '')}"

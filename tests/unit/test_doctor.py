@@ -71,12 +71,8 @@ def _peak(gflops, dtype, family, load=0.1, device="Test CPU"):
 
 
 @pytest.fixture
-def peaks(tmp_path, monkeypatch):
+def peaks(peak_cache, monkeypatch):
     """A temporary peak.json, no peaks in this process; `measure_peak` returns made-up figures and counts."""
-    monkeypatch.setenv("DIANJING_CACHE", str(tmp_path))
-    monkeypatch.delenv("DIANJING_PEAK_CACHE", raising=False)
-    monkeypatch.delenv(peak.REMEASURE_ENV, raising=False)
-    monkeypatch.setattr(peak, "_PEAKS", {})
     made = []
 
     def fake(on=None, dtype=torch.bfloat16, **kw):

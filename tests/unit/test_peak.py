@@ -13,16 +13,6 @@ def _peak(gflops=900.0, dtype="bf16", family="AMX", **kw) -> peak.Peak:
                           skipped=[], seconds=3.0, measured_at="2026-12-01T00:00:00+00:00", **{"load": 0.5, **kw})
 
 
-@pytest.fixture
-def peak_cache(tmp_path, monkeypatch):
-    """peak.json in a temporary cache, no peaks in this process, no forced re-measuring."""
-    monkeypatch.setenv("DIANJING_CACHE", str(tmp_path))
-    monkeypatch.delenv("DIANJING_PEAK_CACHE", raising=False)
-    monkeypatch.delenv(peak.REMEASURE_ENV, raising=False)
-    monkeypatch.setattr(peak, "_PEAKS", {})
-    return tmp_path / "peak.json"
-
-
 def _measures(monkeypatch, gflops=900.0) -> list:
     calls = []
 
