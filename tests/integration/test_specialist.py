@@ -263,3 +263,21 @@ def test_cli_train_task_and_eval_data(tiny_bert, tmp_path, capsys):
     assert "dianjing predict" in err and "dianjing chat" not in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "classify" and summary["examples"] == 16
+
+
+def test_default_specialist_run_pins_full_fine_tuning_in_config_yaml(tiny_bert, tmp_path):
+    """No adapter.method given: auto resolves to full on the tiny backbone, and config.yaml says so (with
+    full fine-tuning's lr), so a resumed run and a reader see what was trained."""
+    import yaml
+
+    train_f = _sentiment(tmp_path / "train.csv", 32)
+    cfg = specialist_config(tiny_bert, train_f, tmp_path / "run", "classify", "train.max_steps=2")
+    said = []
+    run_dir, _ = train(cfg, log=said.append)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["adapter"]["method"] == "full" and saved["train"]["lr"] == 1e-4
+    assert any("adapter.method auto: full fine-tuning" in s for s in said)
+    info = json.loads((run_dir / "specialist" / "specialist.json").read_text())
+    assert info["adapter"]["method"] == "full"
+    weights = load_file(str(run_dir / "specialist" / "weights.safetensors"))
+    assert any(k.startswith("bert.") for k in weights)  # the body trained and was saved, not only a head

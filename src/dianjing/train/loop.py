@@ -23,6 +23,7 @@ from dianjing import precision
 from dianjing.config import RunConfig, dump_config, load_config
 from dianjing.data.batching import epoch_order
 from dianjing.errors import DianjingError
+from dianjing.models.adapters import resolve_auto
 from dianjing.models.load import load_tokenizer, resolve_model
 from dianjing.peak import peak_gflops
 from dianjing.routes import GENERATIVE, builder_for
@@ -111,6 +112,10 @@ class Trainer:
 
         model_path = resolve_model(cfg.model.name, log=log)
         tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code, log=log)
+        if cfg.adapter.method == "auto":  # the choice (and full fine-tuning's lr) goes into config.yaml
+            method, why = resolve_auto(cfg, model_path)
+            log(why)
+            self._pin(cfg.adapter, "method", method)
         self.precision = precision.for_training(cfg.model.precision, full=cfg.adapter.method == "full",
                                                 adapter_compute=cfg.adapter.compute,
                                                 fp32_head=cfg.task.type not in GENERATIVE,

@@ -124,3 +124,40 @@ def test_no_target_modules_is_a_config_error_naming_the_key(base):
 def test_unknown_method_is_refused_by_the_config():
     with pytest.raises(ConfigError, match=r"adapter\.method"):
         load_config(None, ["adapter.method=qlora"])
+
+
+# -- adapter.method auto ------------------------------------------------------------------------------
+def test_auto_is_the_specialist_default_and_chooses_full_on_a_small_backbone(tmp_path):
+    from dianjing.models.adapters import FULL_LR, checkpoint_params, resolve_auto
+    from tests.tiny import build_bert
+
+    bert = build_bert(tmp_path / "bert")
+    n = checkpoint_params(str(bert))
+    assert n is not None and 0 < n < 10e6  # the tiny BERT, counted from its safetensors header
+    for task in ("classify", "pair", "tag"):
+        cfg = load_config(None, [f"task.type={task}"])
+        assert cfg.adapter.method == "auto"  # filled by TASK_DEFAULTS
+        method, why = resolve_auto(cfg, str(bert))
+        assert method == "full" and cfg.train.lr == FULL_LR and "full fine-tuning" in why and "train.lr" in why
+    cfg = load_config(None, ["task.type=classify", "train.lr=3e-3"])
+    assert resolve_auto(cfg, str(bert))[0] == "full" and cfg.train.lr == 3e-3  # the user's lr wins
+    assert load_config(None, ["task.type=classify", "adapter.method=lora"]).adapter.method == "lora"
+    assert load_config(None, ["task.type=extract-qa"]).adapter.method == "lora"  # not measured better there
+
+
+def test_auto_keeps_lora_above_the_threshold_for_sft_and_without_safetensors(tmp_path, monkeypatch):
+    from dianjing.models import adapters
+    from tests.tiny import build_bert
+
+    bert = build_bert(tmp_path / "bert")
+    monkeypatch.setattr(adapters, "FULL_BELOW", 1000)  # the tiny BERT now counts as large
+    cfg = load_config(None, ["task.type=classify"])
+    method, why = adapters.resolve_auto(cfg, str(bert))
+    assert method == "lora" and cfg.train.lr == 2e-4 and "or more" in why
+    monkeypatch.undo()
+    sft = load_config(None, ["adapter.method=auto"])
+    assert adapters.resolve_auto(sft, str(bert))[0] == "lora"
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    method, why = adapters.resolve_auto(load_config(None, ["task.type=tag"]), str(empty))
+    assert method == "lora" and "no safetensors" in why
