@@ -35,8 +35,6 @@ import argparse
 import json
 import random
 import re
-import shutil
-import subprocess
 import sys
 import time
 import unicodedata
@@ -47,16 +45,14 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # experiments/common.py
+from common import cli, fresh, log  # noqa: E402
 ARMS = ("base", "direct", "rationale", "mixed")
 DEFAULT_ARMS = ("base", "direct", "rationale")
 MODES = ("plain", "cot")
 LANGS = ("zh", "en")
 TRIGGER = {"zh": "請一步一步思考。", "en": "Let's think step by step."}
 ANSWER_LINE = {"zh": "答案：{}", "en": "Answer: {}"}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- the problem generator --------------------------------------------------------------------------
@@ -263,25 +259,6 @@ def write_files(train: list[dict], test: list[dict], work: Path) -> dict[str, Pa
 
 
 # -- training and answering, through the CLI ---------------------------------------------------------
-def cli(args_: list[str], logfile: Path) -> float:
-    """`python -m dianjing ARGS` with its output in `logfile` (its tail shown on failure); the seconds it took."""
-    cmd = [sys.executable, "-m", "dianjing", *args_]
-    log("$ " + " ".join(cmd))
-    t = time.time()
-    with logfile.open("w", encoding="utf-8") as f:
-        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
-    if r.returncode != 0:
-        tail = logfile.read_text(encoding="utf-8", errors="replace")[-3000:]
-        sys.exit(f"{tail}\n`{' '.join(cmd)}` failed (exit {r.returncode}); its whole output is in {logfile}")
-    return time.time() - t
-
-
-def fresh(folder: Path) -> None:
-    """Remove an earlier run folder of this script (it has config.yaml), never anything else."""
-    if folder.exists():
-        if not (folder / "config.yaml").exists() and any(folder.iterdir()):
-            sys.exit(f"{folder} exists and is not a run folder: move it away or choose another --work")
-        shutil.rmtree(folder)
 
 
 def train_arm(args, arm: str, data: Path) -> dict:

@@ -44,8 +44,6 @@ import importlib.util
 import json
 import random
 import re
-import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -54,6 +52,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # experiments/common.py
+from common import cli, fresh, log  # noqa: E402
 T0 = ROOT.parent / "shared" / "data" / "multitask" / "t0"
 ARMS = ("en", "zh", "both", "scratch")
 TRAIN_DATA = {"en": "English (T0 adversarial_qa, quoref, ropes)", "zh": "DRCD", "both": "English + DRCD, half each",
@@ -71,10 +71,6 @@ LECTURE = [("QANet, no pre-training", "Chinese", 66.1, 78.1),
            ("multilingual BERT", "Chinese (DRCD)", 81.2, 88.7),
            ("multilingual BERT", "English + Chinese", 82.6, 90.1)]
 LECTURE_ARM = {"en": 1, "zh": 2, "both": 3, "scratch": 0}  # the row of LECTURE an arm corresponds to
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- English: extractive QA records recovered from the T0 renderings --------------------------------
@@ -348,25 +344,6 @@ def arm_files(args, english: list[dict], data_dir: Path) -> tuple[dict[str, Path
 
 
 # -- training and scoring, through the CLI ------------------------------------------------------------
-def cli(args_: list[str], logfile: Path) -> float:
-    """`python -m dianjing ARGS`, its output to `logfile` (and the tail to the screen on failure); seconds."""
-    cmd = [sys.executable, "-m", "dianjing", *args_]
-    log("$ " + " ".join(cmd))
-    t = time.time()
-    with logfile.open("w", encoding="utf-8") as f:
-        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
-    if r.returncode != 0:
-        tail = logfile.read_text(encoding="utf-8", errors="replace")[-3000:]
-        sys.exit(f"{tail}\n`{' '.join(cmd)}` failed (exit {r.returncode}); its whole output is in {logfile}")
-    return time.time() - t
-
-
-def fresh(folder: Path) -> None:
-    """Remove an earlier run folder of this script (one with config.yaml), never anything else."""
-    if folder.exists():
-        if not (folder / "config.yaml").exists() and any(folder.iterdir()):
-            sys.exit(f"{folder} exists and is not a run folder: move it away or choose another --work")
-        shutil.rmtree(folder)
 
 
 def settings(args, arm: str) -> list[str]:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 import time
 from datetime import date
@@ -36,14 +34,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # experiments/common.py
+from common import cli, fresh, log  # noqa: E402
 SETS = ("train", "paraphrase", "analogous")
 ARMS = ("base", "pretrained", "scratch")  # base: the untuned pre-trained model, scored for reference only
 FIELDS = {"id": str, "lang": str, "train_q": str, "answer": str, "aliases": list, "paraphrase_q": str,
           "analogous_q": str, "analogous_answer": str, "analogous_aliases": list}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- the question set -------------------------------------------------------------------------------
@@ -138,25 +134,6 @@ def write_files(items: list[dict], work: Path) -> dict[str, Path]:
 
 
 # -- training and generation, through the CLI --------------------------------------------------------
-def cli(args_: list[str], logfile: Path) -> float:
-    """`python -m dianjing ARGS`, its output to `logfile` (and the tail to the screen on failure); seconds."""
-    cmd = [sys.executable, "-m", "dianjing", *args_]
-    log("$ " + " ".join(cmd))
-    t = time.time()
-    with logfile.open("w", encoding="utf-8") as f:
-        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
-    if r.returncode != 0:
-        tail = logfile.read_text(encoding="utf-8", errors="replace")[-3000:]
-        sys.exit(f"{tail}\n`{' '.join(cmd)}` failed (exit {r.returncode}); its whole output is in {logfile}")
-    return time.time() - t
-
-
-def fresh(folder: Path) -> None:
-    """Remove an earlier run folder of this script (one with config.yaml), never anything else."""
-    if folder.exists():
-        if not (folder / "config.yaml").exists() and any(folder.iterdir()):
-            sys.exit(f"{folder} exists and is not a run folder: move it away or choose another --work")
-        shutil.rmtree(folder)
 
 
 def train_arm(args, arm: str, data: Path) -> dict:

@@ -37,8 +37,6 @@ import argparse
 import hashlib
 import json
 import math
-import shutil
-import subprocess
 import sys
 import time
 from datetime import date
@@ -48,36 +46,14 @@ import make_data as md  # this folder's make_data.py (the script's folder is on 
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # experiments/common.py
+from common import cli, fresh, log  # noqa: E402
 ARMS = ("base", "clean", "clean+noisy", "mixed")  # base: the untuned model, scored for reference only
 JUDGED = (("clean", "clean+noisy"), ("clean", "mixed"))
 SCORES = ("rouge_l", "f1", "contains", "perplexity")
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # -- the CLI, as a user types it ---------------------------------------------------------------------
-def cli(args_: list[str], logfile: Path) -> float:
-    """`python -m dianjing ARGS`, its output to `logfile` (its tail to the screen on failure); seconds."""
-    cmd = [sys.executable, "-m", "dianjing", *args_]
-    log("$ " + " ".join(cmd))
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    t = time.time()
-    with logfile.open("w", encoding="utf-8") as f:
-        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True)
-    if r.returncode != 0:
-        tail = logfile.read_text(encoding="utf-8", errors="replace")[-3000:]
-        sys.exit(f"{tail}\n`{' '.join(cmd)}` failed (exit {r.returncode}); its whole output is in {logfile}")
-    return time.time() - t
-
-
-def fresh(folder: Path) -> None:
-    """Remove an earlier run folder of this script (one with config.yaml), never anything else."""
-    if folder.exists():
-        if not (folder / "config.yaml").exists() and any(folder.iterdir()):
-            sys.exit(f"{folder} exists and is not a run folder: move it away or choose another --work")
-        shutil.rmtree(folder)
 
 
 def train_arm(args, arm: str, data: Path, steps: int) -> dict:
