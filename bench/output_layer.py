@@ -1,8 +1,8 @@
 """The output layer alone: where its time goes, and what the chunk size and a fused softmax would change.
 
-    python bench/output_layer.py                          # Gemma 3 270M's shapes: vocab 262,144, hidden 640, bf16
+    python bench/output_layer.py                          # Gemma 3 270M's shapes: vocab 262,144, hidden 640, bf16, cap 30
     python bench/output_layer.py --rows 512 2048 --chunks 24 25 26 27 --repeat 3
-    python bench/output_layer.py --vocab 49152 --hidden 576   # SmolLM2-135M's
+    python bench/output_layer.py --vocab 49152 --hidden 576 --softcap 0   # SmolLM2-135M's
 
 The sparse SFT loss (src/dianjing/train/loss.py, FusedLinearCrossEntropy) computes the logits of the supervised
 rows chunk by chunk, laid out [vocab, rows], with the gradient in the same pass: a bf16 product, the softmax
@@ -10,9 +10,10 @@ and its gradient in fp32 (a bf16 → fp32 copy, max, exp, sum, divide, the −1 
 bf16) and a second bf16 product for the input gradient. This bench runs that function on random weights and
 hidden states of a model's shapes, for several chunk sizes (CHUNK_ELEMENTS = 2^k logits per chunk), and
 splits one chunk's time into the two products and the elementwise softmax work, beside the same products at
-the machine's measured matmul peak (dianjing.peak). A second variant does the softmax and its gradient in one
-torch.compile'd function (it reads the bf16 logits and writes the bf16 gradient; the fp32 block never exists),
-checked against the reference to 1e-2 relative on the loss and the input gradient.
+the machine's measured matmul peak (dianjing.peak). Each size runs both softmax paths of loss.py: PyTorch's
+passes over an fp32 copy, and dianjing's C kernel (src/dianjing/train/softmax_xent.c: two passes over the bf16
+block); each row is checked against the first (loss and input gradient, relative). --fused adds the variant
+measured and dropped on 2026-12-01: the softmax and its gradient in one torch.compile'd function.
 
 Numbers from a loaded machine are not figures: the load average is printed; measure on a quiet one.
 """
@@ -46,25 +47,37 @@ def timed(fn, repeat: int) -> float:
     return best
 
 
-def parts(w: torch.Tensor, h: torch.Tensor, y: torch.Tensor, repeat: int) -> dict:
-    """One chunk's pieces, timed apart: the logits product, the input-gradient product, the elementwise work."""
+def parts(w: torch.Tensor, h: torch.Tensor, y: torch.Tensor, repeat: int, softmax: str, cap: float | None) -> dict:
+    """One chunk's pieces, timed apart: the logits product, the input-gradient product, the elementwise work
+    (the softmax and its gradient, as loss.py runs them: in PyTorch, or in the C kernel)."""
     vocab, m = w.shape[0], h.shape[0]
     zl = torch.empty(vocab, m, dtype=torch.bfloat16)
     z = torch.empty(vocab, m, dtype=torch.float32)
+    t = torch.empty(vocab, m, dtype=torch.float32)
     cols = torch.arange(m)
     t_logits = timed(lambda: torch.mm(w, h.t(), out=zl), repeat)
 
-    def elementwise():
+    def elementwise():  # loss.py's PyTorch path, pass for pass
         z.copy_(zl)
+        if cap:
+            z.div_(cap).tanh_()
+            t.copy_(z)
+            z.mul_(cap)
+        z[y, cols]
         mx = z.amax(0, keepdim=True)
         z.sub_(mx).exp_()
         denom = z.sum(0, keepdim=True)
         z.div_(denom)
         z[y, cols] -= 1.0
+        if cap:
+            z.mul_(t.square_().neg_().add_(1.0))
         zl.copy_(z)
 
+    def kernel():
+        L.softmax_xent.xent_(zl, y, cap, grad=True)
+
     torch.mm(w, h.t(), out=zl)
-    t_elem = timed(elementwise, repeat)
+    t_elem = timed(kernel if softmax == "kernel" else elementwise, repeat)
     g = zl
     t_grad = timed(lambda: g.t() @ w, repeat)
     return {"logits_product_s": t_logits, "elementwise_s": t_elem, "input_grad_product_s": t_grad}
@@ -95,8 +108,17 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, nargs="+", default=[25, 26, 27],
                     help="CHUNK_ELEMENTS as powers of two (default 25 26 27; the loss uses 26)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--no-fused", action="store_true", help="skip the torch.compile'd softmax variant")
+    ap.add_argument("--softcap", type=float, default=30.0,
+                    help="the logit soft-cap (default 30, Gemma 3's final_logit_softcapping; 0 for none)")
+    ap.add_argument("--softmax", nargs="+", choices=["pytorch", "kernel"], default=["pytorch", "kernel"],
+                    help="the softmax paths to time (default both: loss.py's PyTorch passes and the C kernel)")
+    ap.add_argument("--fused", action="store_true",
+                    help="also time the torch.compile'd softmax variant (measured 1.6-2.3x slower on 2026-12-01 and "
+                         "dropped; it has no soft-cap, so it needs --softcap 0)")
     args = ap.parse_args()
+    cap = args.softcap or None
+    if "kernel" in args.softmax:
+        print(f"softmax kernel: {L.softmax_xent.why()}", flush=True)
 
     from dianjing.peak import matmul_peak
 
@@ -113,30 +135,37 @@ def main() -> int:
         flops = 2 * 2 * args.vocab * args.hidden * n  # logits product + input-gradient product
         ref = None
         for k in args.chunks:
-            L.CHUNK_ELEMENTS = 1 << k
-            L._BUFFERS.clear()
+            for softmax in args.softmax:
+                L.CHUNK_ELEMENTS = 1 << k
+                L.USE_KERNEL = softmax == "kernel"
+                L._BUFFERS.clear()
 
-            def call():
-                return L.FusedLinearCrossEntropy.apply(h, w, None, y, None)
+                def call():
+                    return L.FusedLinearCrossEntropy.apply(h, w, None, y, cap)
 
-            s = timed(call, args.repeat)
-            loss = call()
-            loss.backward()
-            if ref is None:
-                ref = (loss.item(), h.grad.clone())
-            h.grad = None
-            rows_per_chunk = max(1, min(n, (1 << k) // args.vocab))
-            piece = parts(w, h.detach()[:rows_per_chunk], y[:rows_per_chunk], args.repeat)
-            chunks = -(-n // rows_per_chunk)
-            row = {"rows": n, "chunk_log2": k, "rows_per_chunk": rows_per_chunk, "seconds": round(s, 4),
-                   "gflops": round(flops / s / 1e9, 1), "at_peak_s": round(flops / (peak_gflops * 1e9), 4),
-                   **{key: round(v * chunks, 4) for key, v in piece.items()}}
-            out["runs"].append(row)
-            print(f"rows {n:5d}  chunk 2^{k} ({rows_per_chunk:4d} rows): {s:.3f} s, {row['gflops']:.0f} GFLOP/s of "
-                  f"products (at peak {row['at_peak_s']:.3f} s); per call: logits product "
-                  f"{row['logits_product_s']:.3f} s, elementwise {row['elementwise_s']:.3f} s, input-grad product "
-                  f"{row['input_grad_product_s']:.3f} s", flush=True)
-        if not args.no_fused:
+                s = timed(call, args.repeat)
+                loss = call()
+                loss.backward()
+                if ref is None:
+                    ref = (loss.item(), h.grad.clone())
+                rel_loss = abs(loss.item() - ref[0]) / abs(ref[0])
+                rel_grad = ((h.grad.float() - ref[1].float()).norm() / ref[1].float().norm()).item()
+                h.grad = None
+                rows_per_chunk = max(1, min(n, (1 << k) // args.vocab))
+                piece = parts(w, h.detach()[:rows_per_chunk], y[:rows_per_chunk], args.repeat, softmax, cap)
+                chunks = -(-n // rows_per_chunk)
+                row = {"rows": n, "chunk_log2": k, "softmax": softmax, "rows_per_chunk": rows_per_chunk,
+                       "seconds": round(s, 4), "gflops": round(flops / s / 1e9, 1),
+                       "at_peak_s": round(flops / (peak_gflops * 1e9), 4),
+                       **{key: round(v * chunks, 4) for key, v in piece.items()},
+                       "loss_rel_diff": rel_loss, "grad_rel_diff": rel_grad}
+                out["runs"].append(row)
+                print(f"rows {n:5d}  chunk 2^{k} ({rows_per_chunk:4d} rows), softmax {softmax:7s}: {s:.3f} s, "
+                      f"{row['gflops']:.0f} GFLOP/s of products (at peak {row['at_peak_s']:.3f} s); per call: logits "
+                      f"product {row['logits_product_s']:.3f} s, elementwise {row['elementwise_s']:.3f} s, input-grad "
+                      f"product {row['input_grad_product_s']:.3f} s; against the first row: loss {rel_loss:.1e}, "
+                      f"input gradient {rel_grad:.1e} relative", flush=True)
+        if args.fused and cap is None:
             L.CHUNK_ELEMENTS = 1 << 26
             f = fused_softmax_grad()
             m = max(1, min(n, (1 << 26) // args.vocab))

@@ -140,6 +140,7 @@ def classify(events, vocab: int | None = None, dense: bool = False) -> dict:
     out = {b: {"s": 0.0, "flops": 0.0} for b in BUCKETS}
     products = {"s": 0.0, "flops": 0.0}
     total_self = 0.0
+    other_ops: dict[str, float] = {}
     for e in events:
         chain, p = [], e
         while p is not None:  # the event and its ancestors, innermost first
@@ -172,10 +173,13 @@ def classify(events, vocab: int | None = None, dense: bool = False) -> dict:
         total_self += self_s
         out[b]["s"] += self_s
         out[b]["flops"] += flops
+        if b == "other":
+            other_ops[e.name] = other_ops.get(e.name, 0.0) + self_s
         if b == "output layer" and mm is not None:
             products["s"] += self_s
             products["flops"] += flops
-    return {"buckets": out, "output_products": products, "self_s": total_self}
+    top = sorted(other_ops.items(), key=lambda kv: -kv[1])[:10]
+    return {"buckets": out, "output_products": products, "self_s": total_self, "other_top": top}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -235,12 +239,13 @@ def measure(trainer, steps: int, peak_gflops: float | None = None, log=lambda *_
         "tokens_per_step": tokens, "targets_per_step": targets,
         "peak_gflops": round(peak_gflops, 1), "peak": peak_label,
         "load_avg_1min": load, "cpus": os.cpu_count(),  # a loaded machine's figures are not the machine's
-        "step_s_unprofiled": round(wall_plain, 4), "step_s_profiled": round(wall_prof, 4),
+        "step_s_unprofiled": _sig(wall_plain, 5), "step_s_profiled": _sig(wall_prof, 5),
         "step_s_each_unprofiled": [round(t, 4) for t, _, _ in plain],
         "step_s_each_profiled": [round(t, 4) for t, _, _ in profiled],
         "buckets": rows,
         "output_layer_products": _row(prod["s"] / steps, prod["flops"] / steps, wall_prof, peak_gflops),
         "other_ops_s": _sig(found["buckets"]["other"]["s"] / steps),
+        "other_top_ops_s": {name: _sig(t / steps) for name, t in found["other_top"]},
         "untraced_s": _sig(wall_prof - found["self_s"] / steps),
         "s_at_peak": _sig(sum(rows[b]["s_at_peak"] or 0 for b in BUCKETS)),
         "useful_gflop_per_step": _sig(useful / 1e9),
@@ -284,6 +289,9 @@ def table(rec: dict) -> str:
               f"other = {rec['other_ops_s']:.3f} s in other ops + {rec['untraced_s']:.3f} s between ops; "
               f"profiler overhead {overhead:+.0%}; useful FLOPs {rec['useful_gflop_per_step']:.1f} GFLOP/step, "
               f"MFU {rec['mfu']:.1%} (unprofiled)"]
+    top = rec.get("other_top_ops_s") or {}
+    if top:
+        lines.append("largest other ops (self s/step): " + ", ".join(f"{k} {v:.3f}" for k, v in top.items()))
     return "\n".join(lines)
 
 

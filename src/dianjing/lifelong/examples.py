@@ -144,14 +144,13 @@ class LamolLoss:
         targets = ids[:, 1:]
         n_qa, n_lm = int(qa_sel.sum()), int(lm_sel.sum())
         if self.mode == "sparse":
-            h = self.sft.decoder(input_ids=ids, attention_mask=batch["attention_mask"],
-                                 use_cache=False).last_hidden_state[:, :-1]
+            h = self.sft.decoder(input_ids=ids, use_cache=False, **self.sft.where(batch)).last_hidden_state[:, :-1]
             w, b = self.head.weight, getattr(self.head, "bias", None)
 
             def part(sel):
                 return FusedLinearCrossEntropy.apply(h[sel], w, b, targets[sel], self.sft.softcap)
         else:
-            logits = self.model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).logits
+            logits = self.model(input_ids=ids, use_cache=False, **self.sft.where(batch)).logits
             z = logits[:, -ids.shape[1]:][:, :-1]  # prompt tuning prepends virtual tokens
 
             def part(sel):

@@ -75,7 +75,7 @@ def build(ctx: Context) -> Setup:
     if stage.get("init_from") and cfg.adapter.method != "full":
         _load_adapter(model, continual_dir(ctx.folder.path) / stage["init_from"])
     loss_fn = LamolLoss(model, cfg.train.logits, stage["lm_lambda"], log=log)
-    log(f"logits: {loss_fn.mode}")
+    log(loss_fn.sft.describe())
     compiled = prepare(ctx, model)
     head_w = loss_fn.head.weight.numel() if loss_fn.head is not None else 0
     template, pad_id = layout.template(), ctx.tokenizer.pad_token_id

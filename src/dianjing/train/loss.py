@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import torch
 
+from dianjing.train import softmax_xent
+
 CHUNK_ELEMENTS = 1 << 26  # logits computed per chunk: vocab × rows ≤ 64M floats (256 MB)
 _BUFFERS: dict = {}  # reused logits buffers: a fresh 256 MB block per chunk costs page faults
 REUSE_CPU_BUFFERS = True  # False runs the accelerator branch (plain tensors per chunk) on the CPU: its test
+# A right-padded batch runs without its padding mask. Its padding comes after every real token and no loss
+# is taken there, so the causal mask alone gives every real position the same attention (and the same
+# gradients). SDPA then runs its causal kernel, which skips the masked half of the products, instead of
+# computing all of them under a materialised [batch, 1, L, L] mask (bench/attention.py).
+DROP_RIGHT_PADDING_MASK = True
+USE_KERNEL = True  # False runs the CPU branch's softmax in PyTorch (its test, and bench/output_layer.py's baseline)
 
 
 def _buffer(rows: int, cols: int, dtype: torch.dtype, slot: int, capacity: int) -> torch.Tensor:
@@ -35,8 +43,9 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(softcap(W h_i + b), y_i), with the gradients computed chunk by chunk in forward.
 
     Logits are laid out [vocab, rows] (W @ h^T), which measured ~1.4x faster than
-    h @ W^T here, and live in reused blocks on CPU (fp32, plus a bf16 one for bf16 products);
-    softmax and its gradient are done in place.
+    h @ W^T here, and live in reused blocks on CPU. There the softmax and its gradient run in
+    dianjing's C kernel (softmax_xent.py: two passes over the chunk, in place, in the products'
+    dtype); without it, in PyTorch, in an fp32 block beside the bf16 one.
     """
 
     @staticmethod
@@ -53,6 +62,9 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         # on the CPU the logits live in reused blocks (page faults cost there); on a GPU the caching
         # allocator already reuses memory, and each chunk's tensors are plain allocations
         reuse = dev.type == "cpu" and REUSE_CPU_BUFFERS
+        # on the CPU the softmax and its gradient run in dianjing's C kernel (two passes over the chunk,
+        # no fp32 copy) where it could be built; a bias, rare in causal LMs, takes the PyTorch path
+        kernel = reuse and USE_KERNEL and bias is None and softmax_xent.available()
         # bf16 frozen weights, or a bf16 body under autocast: the products run in bf16 (each
         # into its own reused block), the softmax in fp32
         cd = torch.bfloat16 if torch.bfloat16 in (weight.dtype, h.dtype) else torch.float32
@@ -63,6 +75,16 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             hc, yc = h[s:s + chunk].to(cd), targets[s:s + chunk]  # the logits product and weight gradient share it
             m_ = hc.shape[0]
             cols = torch.arange(m_, device=dev)
+            if kernel:
+                zl = _buffer(vocab, m_, cd, 1, cap)
+                torch.mm(wc, hc.t(), out=zl)
+                need = need_h or need_w
+                total += softmax_xent.xent_(zl, yc, softcap, grad=need).sum()
+                if need_h:
+                    grad_h[s:s + m_] = zl.t() @ wc
+                if need_w:
+                    grad_w += (zl @ hc).float()
+                continue
             if reuse:
                 z = _buffer(vocab, m_, torch.float32, 0, cap)
                 zl = _buffer(vocab, m_, cd, 1, cap) if low else z
@@ -111,6 +133,12 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, gb, None, None
 
 
+def right_padded(attention_mask: torch.Tensor) -> bool:
+    """Every row is its tokens then padding (no padding before or between them)."""
+    a = attention_mask.bool()
+    return bool(a[:, 0].all() and (a[:, 1:] <= a[:, :-1]).all())
+
+
 def _parts(model):
     """The transformer body, the output layer and the logit soft-cap of a causal LM (or PEFT wrapper)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -148,11 +176,28 @@ class SFTLoss:
             z = torch.tanh(z / self.softcap) * self.softcap
         return ref.shape == z.shape and torch.allclose(ref, z, atol=1e-3 * max(1.0, ref.abs().max().item()))
 
+    def describe(self) -> str:
+        """The log line: which logits path, and on the CPU which softmax."""
+        if self.mode != "sparse":
+            return f"logits: {self.mode}"
+        if self.head.weight.device.type != "cpu" or not REUSE_CPU_BUFFERS:
+            return "logits: sparse"
+        softmax = softmax_xent.why() if USE_KERNEL else "PyTorch (USE_KERNEL off)"
+        return f"logits: sparse, softmax in {softmax}"
+
+    @staticmethod
+    def where(batch: dict) -> dict:
+        """How the body is told where each row's tokens are: a packed row's position ids (a padding mask
+        would join its examples), nothing for right padding (DROP_RIGHT_PADDING_MASK), else the mask."""
+        if "position_ids" in batch:
+            return {"position_ids": batch["position_ids"]}
+        if DROP_RIGHT_PADDING_MASK and right_padded(batch["attention_mask"]):
+            return {}
+        return {"attention_mask": batch["attention_mask"]}
+
     def __call__(self, batch: dict) -> tuple[torch.Tensor, int]:
         ids, mask = batch["input_ids"], batch["mask"]
-        # a packed row: position ids keep its examples apart (a padding mask would join them)
-        where = {"position_ids": batch["position_ids"]} if "position_ids" in batch \
-            else {"attention_mask": batch["attention_mask"]}
+        where = self.where(batch)
         tmask = mask[:, 1:]
         targets = ids[:, 1:][tmask]
         n = int(targets.numel())

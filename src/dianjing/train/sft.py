@@ -35,7 +35,7 @@ def build(ctx: Context) -> Setup:
     train_set, eval_set, stats, load_report = _data(ctx, template)
     model, total = causal_lm(ctx, random_init=cfg.model.random_init)
     loss_fn = SFTLoss(model, cfg.train.logits, log=log)
-    log(f"logits: {loss_fn.mode}")
+    log(loss_fn.describe())
     compiled = prepare(ctx, model)
     head_w = loss_fn.head.weight.numel() if loss_fn.head is not None else 0
     flops_per_token, flops_per_target = 6 * (total - head_w), 6 * head_w

@@ -1,5 +1,7 @@
 """The sparse-logit loss equals the model's own dense loss, in value and in gradients."""
 
+import shutil
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -19,6 +21,21 @@ def _batch(vocab, seed=0):
     return {"input_ids": ids, "attention_mask": attn, "mask": mask}
 
 
+def _branch(monkeypatch, branch):
+    """kernel: the CPU branch with the C softmax (it must have been built: the test machine has a compiler);
+    cpu: the CPU branch with PyTorch's softmax; accelerator: plain tensors per chunk."""
+    monkeypatch.setattr(loss_mod, "REUSE_CPU_BUFFERS", branch != "accelerator")
+    monkeypatch.setattr(loss_mod, "USE_KERNEL", branch == "kernel")
+    if branch == "kernel":
+        if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+            pytest.skip("no C compiler: the kernel cannot be built here")
+        assert loss_mod.softmax_xent.available(), loss_mod.softmax_xent.why()
+    calls = []
+    real = loss_mod.softmax_xent.xent_
+    monkeypatch.setattr(loss_mod.softmax_xent, "xent_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def _hf_loss(model, b):
     labels = b["input_ids"].masked_fill(~b["mask"], -100)
     out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels)
@@ -27,12 +44,13 @@ def _hf_loss(model, b):
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
 @pytest.mark.parametrize("chunk_elements", [1 << 26, 1000])  # one chunk, and many (with a ragged tail)
-@pytest.mark.parametrize("branch", ["cpu", "accelerator"])
+@pytest.mark.parametrize("branch", ["kernel", "cpu", "accelerator"])
 def test_sparse_equals_dense(request, fixture, chunk_elements, branch, monkeypatch):
-    """Both branches of the fused loss: the CPU's reused blocks, and the plain per-chunk tensors a
-    GPU runs (exercised here on CPU tensors; the same code runs on CUDA, to the same tolerance)."""
+    """Every branch of the fused loss: the CPU's reused blocks with the C softmax kernel and with
+    PyTorch's, and the plain per-chunk tensors a GPU runs (exercised here on CPU tensors; the same
+    code runs on CUDA, to the same tolerance)."""
+    calls = _branch(monkeypatch, branch)
     monkeypatch.setattr(loss_mod, "CHUNK_ELEMENTS", chunk_elements)
-    monkeypatch.setattr(loss_mod, "REUSE_CPU_BUFFERS", branch == "cpu")
     path = request.getfixturevalue(fixture)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     b = _batch(model.config.vocab_size)
@@ -51,6 +69,7 @@ def test_sparse_equals_dense(request, fixture, chunk_elements, branch, monkeypat
     torch.testing.assert_close(got, ref.detach(), rtol=1e-5, atol=1e-4)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[name], rtol=1e-4, atol=1e-5)  # fp32 summation order
+    assert bool(calls) == (branch == "kernel")  # the branch under test is the one that ran
 
 
 def test_fused_ce_with_bias_matches_autograd():
@@ -68,10 +87,10 @@ def test_fused_ce_with_bias_matches_autograd():
         torch.testing.assert_close(a, t.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("branch", ["cpu", "accelerator"])
+@pytest.mark.parametrize("branch", ["kernel", "cpu", "accelerator"])
 def test_fused_ce_bf16_weights_both_branches_agree(branch, monkeypatch):
-    """bf16 frozen weights with an fp32 body output: products in bf16, softmax in fp32, on both branches."""
-    monkeypatch.setattr(loss_mod, "REUSE_CPU_BUFFERS", branch == "cpu")
+    """bf16 frozen weights with an fp32 body output: products in bf16, softmax in fp32, on every branch."""
+    calls = _branch(monkeypatch, branch)
     monkeypatch.setattr(loss_mod, "CHUNK_ELEMENTS", 64)
     torch.manual_seed(1)
     h = torch.randn(9, 16, requires_grad=True)
@@ -87,6 +106,7 @@ def test_fused_ce_bf16_weights_both_branches_agree(branch, monkeypatch):
     torch.testing.assert_close(got, torch.nn.functional.cross_entropy(z, y, reduction="sum").detach(),
                                rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(h.grad, h2.grad, rtol=2e-2, atol=2e-2)  # the bf16 product of the gradient
+    assert bool(calls) == (branch == "kernel")
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
@@ -121,3 +141,31 @@ def test_a_packed_row_gives_the_padded_batchs_loss_and_gradients(request, fixtur
     # and with position ids that do not restart, the examples would see each other: the loss moves
     joined = dict(packed, position_ids=torch.arange(46)[None])
     assert abs(float(loss(joined)[0].detach()) - float(want.detach())) > 1e-2
+
+
+def test_right_padding_is_recognised():
+    from dianjing.train.loss import right_padded
+
+    assert right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert not right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding
+    assert not right_padded(torch.tensor([[1, 0, 1]]))  # a hole
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_the_padding_mask_is_dropped_only_for_right_padding(tiny_llama, left, monkeypatch):
+    """A right-padded batch reaches the body without its mask (SDPA's causal kernel); a left-padded one keeps
+    it (there the padding comes before real tokens and would be attended). Both give the masked loss."""
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    b = _batch(model.config.vocab_size)
+    if left:  # move row 1's padding to the front
+        n = int(b["attention_mask"][1].sum())
+        for key in ("input_ids", "attention_mask", "mask"):
+            b[key][1] = torch.cat([b[key][1, n:], b[key][1, :n]])
+    fn = SFTLoss(model, "sparse", log=lambda *_: None)
+    seen = []
+    real = fn.decoder.forward
+    monkeypatch.setattr(fn.decoder, "forward", lambda *a, **k: seen.append("attention_mask" in k) or real(*a, **k))
+    got, _ = fn(b)
+    assert seen == [left]
+    if not left:
+        torch.testing.assert_close(got, _hf_loss(model, b).detach(), rtol=1e-5, atol=1e-4)
