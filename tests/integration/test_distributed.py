@@ -77,8 +77,12 @@ def test_two_processes_match_one(tiny_llama, data, tmp_path, extra):
     name = "model/model.safetensors" if extra else "adapter/adapter_model.safetensors"
     a, b = load_file(str(ref / name)), load_file(str(two / name))
     assert sorted(a) == sorted(b)
+    # each rank pads its half-batch to its own width, so the fp32 products round differently from the one
+    # process's; Adam's normalised update turns those ~1e-7 gradient differences into up to ~2e-6 in a few
+    # near-zero weights after 4 steps (1.7e-6 measured with the C softmax kernel; a wrong average or a
+    # missed gradient is orders of magnitude larger)
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-6)
     if extra:  # the sharded checkpoints went through DCP
         assert (two / "checkpoints" / "step-00000004" / "sharded").is_dir()
 

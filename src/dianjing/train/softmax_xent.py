@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("softmax_xent.c")
-BLK = 16  # rows per block in the C source: the split between threads is aligned to it
+BLK = 16  # rows per block in the C source
+PART = 4096  # vocabulary rows per range a thread takes (a multiple of BLK); fixed, so results do not depend on threads
 _STATE: dict = {}  # "lib" (ctypes library or None), "why" (one line for the log), "pool"
 
 
@@ -148,9 +149,10 @@ def _run(lib, z: torch.Tensor, y: torch.Tensor, cap: float, grad: bool, threads:
     vocab, m = z.shape
     bf16 = int(z.dtype == torch.bfloat16)
     y = y.to(torch.int64).contiguous()
-    threads = max(1, min(threads, vocab // BLK or 1))
-    step = -(-vocab // threads // BLK) * BLK  # rows per thread, a multiple of the C code's block
-    bounds = [(s, min(vocab, s + step)) for s in range(0, vocab, step)]
+    # fixed ranges of the vocabulary, whatever the thread count, combined in a fixed order: the losses
+    # and gradients do not depend on how many threads (or processes of a torchrun job) there are
+    bounds = [(s, min(vocab, s + PART)) for s in range(0, vocab, PART)]
+    threads = max(1, min(threads, len(bounds)))
     mx = torch.empty(len(bounds), m)
     sm = torch.empty(len(bounds), m)
     zp, yp = z.data_ptr(), y.data_ptr()
@@ -164,7 +166,7 @@ def _run(lib, z: torch.Tensor, y: torch.Tensor, cap: float, grad: bool, threads:
         return lib.dj_xent_grad(zp, bf16, m, v0, v1, cap, lse.data_ptr(), yp)
 
     def each(fn):
-        codes = list(_pool(len(bounds)).map(fn, range(len(bounds)))) if len(bounds) > 1 else [fn(0)]
+        codes = list(_pool(threads).map(fn, range(len(bounds)))) if threads > 1 else [fn(i) for i in range(len(bounds))]
         if any(codes):
             raise MemoryError("dianjing's softmax kernel could not allocate its row buffers")
 
@@ -172,7 +174,10 @@ def _run(lib, z: torch.Tensor, y: torch.Tensor, cap: float, grad: bool, threads:
     lib.dj_xent_target(zp, bf16, m, cap, yp, xy.data_ptr())
     each(stats)
     top = mx.amax(0)
-    lse = (top + (sm * torch.exp(mx - top)).sum(0).log()).contiguous()
+    total = torch.zeros(m)
+    for i in range(len(bounds)):  # in order: the same sum for any thread count
+        total += sm[i] * torch.exp(mx[i] - top)
+    lse = (top + total.log()).contiguous()
     if grad:
         each(grads)
     return lse - xy

@@ -120,3 +120,21 @@ def test_the_loss_logs_which_softmax_it_uses(tiny_llama, monkeypatch):
     monkeypatch.setattr(loss_mod, "USE_KERNEL", False)
     assert fn.describe() == "logits: sparse, softmax in PyTorch (USE_KERNEL off)"
     assert loss_mod.SFTLoss(model, "dense", log=lambda *_: None).describe() == "logits: dense"
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_do_not_depend_on_the_thread_count(dtype, monkeypatch):
+    """A torchrun rank runs fewer threads than one process: the same logits must give bit-identical losses
+    and gradients, or a two-process run drifts from the one-process run it must match."""
+    assert sx.available(), sx.why()
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(3 * sx.PART + 100, 9, generator=g) * 5).to(dtype)
+    y = torch.randint(0, z.shape[0], (9,), generator=g)
+    out = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        zz = z.clone()
+        out.append((sx.xent_(zz, y, 30.0, grad=True), zz))
+    for loss, grad in out[1:]:
+        assert torch.equal(loss, out[0][0]) and torch.equal(grad, out[0][1])
