@@ -130,7 +130,7 @@ def short(text: str, n: int = 160) -> str:
 
 def write_outputs(args, meta: dict, rows: dict, judged: dict) -> None:
     res = Path(args.results)
-    (res / "results.json").write_text(json.dumps({"date": str(date.today()), **meta, "arms": rows,
+    (res / "results.json").write_text(json.dumps({"date": meta.get("date") or str(date.today()), **meta, "arms": rows,
                                                   "judge": judged}, indent=1, ensure_ascii=False),
                                       encoding="utf-8")
     t = meta["data"]["test"]
@@ -162,6 +162,7 @@ def write_outputs(args, meta: dict, rows: dict, judged: dict) -> None:
         lines.append(f"| {arm} | " + " | ".join(
             f"{num(cats.get(l, {}).get('rouge_l'))} / {num(cats.get(l, {}).get('f1'))} / "
             f"{num(cats.get(l, {}).get('perplexity'), '.2f')}" for l in langs) + " |")
+    lines += paired_lines(rows)
     lines += ["", "## Judge", ""]
     if judged.get("skipped"):
         lines.append(f"Not run: {judged['skipped']}.")
@@ -203,6 +204,64 @@ def write_outputs(args, meta: dict, rows: dict, judged: dict) -> None:
     (res / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     log("\n".join(lines))
     plot(args, rows, meta, res / "results.png")
+
+
+PAIRS = (("clean", "clean+noisy"), ("clean", "mixed"), ("mixed", "clean+noisy"), ("clean", "base"))
+
+
+def per_question(path: str) -> dict[str, dict]:
+    """One arm's per-question scores, by question id, from the generations file `dianjing eval` wrote."""
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        out[r["id"]] = {"category": r["category"], **r["scores"]}
+    return out
+
+
+def paired(rows: dict) -> dict:
+    """The per-question difference between two arms on the same test questions: mean and 95% bootstrap
+    interval of ROUGE-L (points) and of the reference's mean per-token loss (nats), and how many
+    questions each arm scores higher on."""
+    from dianjing.eval.judge_stats import bootstrap_interval
+
+    got = {}
+    for a, b in PAIRS:
+        if a not in rows or b not in rows:
+            continue
+        qa, qb = per_question(rows[a]["eval"]["generations"]), per_question(rows[b]["eval"]["generations"])
+        ids = sorted(set(qa) & set(qb))
+        d_rouge = [100 * (qa[i]["rouge_l"] - qb[i]["rouge_l"]) for i in ids]
+        d_nll = [qa[i]["nll"] - qb[i]["nll"] for i in ids]
+        got[f"{a} − {b}"] = {
+            "questions": len(ids),
+            "rouge_l": round(sum(d_rouge) / len(ids), 2), "rouge_l_ci": bootstrap_interval(d_rouge, 2000),
+            "higher": sum(x > 0 for x in d_rouge), "lower": sum(x < 0 for x in d_rouge),
+            "nll": round(sum(d_nll) / len(ids), 4), "nll_ci": bootstrap_interval(d_nll, 2000),
+            "nll_lower": sum(x < 0 for x in d_nll)}
+    return got
+
+
+def paired_lines(rows: dict) -> list[str]:
+    got = paired(rows)
+    if not got:
+        return []
+    lines = ["", "## Paired differences, question by question", "",
+             "Every arm answered the same test questions, so arms are compared question by question: the mean "
+             "difference (first arm minus second) with a 95% percentile bootstrap interval over the questions "
+             "(2,000 resamples, seed 0). ROUGE-L in points (higher is better for the first arm); reference loss in "
+             "nats per reference token, averaged over questions (negative: the first arm finds the references "
+             "more likely). An interval that includes 0 is no evidence of a difference.", "",
+             "| first − second | questions | ROUGE-L difference | 95% interval | first higher / lower | "
+             "reference loss difference | 95% interval | first's loss lower on |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for pair, g in got.items():
+        rc, nc = g["rouge_l_ci"], g["nll_ci"]
+        lines.append(f"| {pair} | {g['questions']} | **{g['rouge_l']:+.2f}** | {rc[0]:+.2f} … {rc[1]:+.2f} | "
+                     f"{g['higher']} / {g['lower']} | **{g['nll']:+.4f}** | {nc[0]:+.4f} … {nc[1]:+.4f} | "
+                     f"{g['nll_lower']} of {g['questions']} |")
+    lines += ["", "Mean answer length in tokens (the answers the scores are computed on): "
+              + ", ".join(f"{arm} {r['eval']['scores'].get('answer_tokens_mean')}" for arm, r in rows.items()) + "."]
+    return lines
 
 
 def plot(args, rows: dict, meta: dict, out: Path) -> None:
@@ -265,12 +324,22 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="score a finished run of the same command and data again instead of retraining it")
     ap.add_argument("--data-only", action="store_true", help="write the data files into --work and stop")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="write results.md and results.png again from results.json and the answers in --work "
+                         "(nothing is trained, answered or judged)")
     ap.add_argument("--work", default=str(HERE / "work"))
     ap.add_argument("--results", default=None, help="folder for results.json/.md/.png (default: this folder, or "
                                                     "--work when --work is given)")
     args = ap.parse_args()
     if args.results is None:
         args.results = str(HERE) if Path(args.work).resolve() == (HERE / "work").resolve() else args.work
+    if args.tables_only:
+        saved = json.loads((Path(args.results) / "results.json").read_text(encoding="utf-8"))
+        meta = {k: saved[k] for k in ("date", "model", "steps", "settings", "data", "timings", "total_s")}
+        for k in ("batch_size", "max_length", "seed", "max_new_tokens", "judge_model", "judge_url"):
+            setattr(args, k, meta["settings"][k])
+        write_outputs(args, meta, saved["arms"], saved["judge"])
+        return
     only = [a.strip() for a in args.only.split(",") if a.strip()]
     if not only or set(only) - set(ARMS):
         sys.exit(f"--only {args.only}: the arms are {', '.join(ARMS)}")
