@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import shutil
 import statistics
 import time
@@ -293,10 +294,57 @@ def pm(s: dict) -> str:
     return f"{num(s['mean'])} ± {num(s['std'])}" if s["std"] is not None else num(s["mean"])
 
 
+def trend(rows: list[dict], base: dict | None) -> dict:
+    """Does accuracy rise with k? The least-squares slope of accuracy on k over the proportional arms (every
+    seed a point) with its standard error and t; the difference of the largest k from the smallest (Welch's
+    t, seeds as samples); and how many arms score below the base model."""
+    pts = [(r["k"], r["accuracy"]) for r in rows if r["method"] == "proportional"]
+    out: dict = {"arms": len(rows)}
+    if base:
+        out["below_base"] = sum(r["accuracy"] < base["accuracy"] for r in rows)
+    ks = sorted({k for k, _ in pts})
+    if len(pts) < 3 or len(ks) < 2:
+        return out
+    n = len(pts)
+    mk, my = sum(k for k, _ in pts) / n, sum(y for _, y in pts) / n
+    sxx = sum((k - mk) ** 2 for k, _ in pts)
+    slope = sum((k - mk) * (y - my) for k, y in pts) / sxx
+    resid = sum((y - my - slope * (k - mk)) ** 2 for k, y in pts) / (n - 2)
+    se = math.sqrt(resid / sxx)
+    out["slope"] = {"per_cluster": round(slope, 4), "se": round(se, 4), "t": round(slope / se, 2) if se else None,
+                    "points": n}
+    lo = [y for k, y in pts if k == ks[0]]
+    hi = [y for k, y in pts if k == ks[-1]]
+    if len(lo) > 1 and len(hi) > 1:
+        v = statistics.variance(lo) / len(lo) + statistics.variance(hi) / len(hi)
+        d = statistics.mean(hi) - statistics.mean(lo)
+        out["largest_minus_smallest"] = {"k": [ks[0], ks[-1]], "difference": round(d, 4),
+                                         "welch_t": round(d / math.sqrt(v), 2) if v else None}
+    return out
+
+
+def trend_lines(rows: list[dict], base: dict | None) -> list[str]:
+    t = trend(rows, base)
+    lines = [""]
+    if "below_base" in t:
+        lines.append(f"{t['below_base']} of {t['arms']} trained arms score below the base model.")
+    if "slope" in t:
+        s = t["slope"]
+        lines.append(f"Trend over the proportional arms ({s['points']} points, every seed one): accuracy changes by "
+                     f"{s['per_cluster']:+.4f} per cluster added (standard error {s['se']:.4f}, t = {s['t']} on "
+                     f"{s['points'] - 2} degrees of freedom; a 95% two-sided test needs |t| above about 2.2 at 10).")
+    if "largest_minus_smallest" in t:
+        d = t["largest_minus_smallest"]
+        lines.append(f"k = {d['k'][1]} minus k = {d['k'][0]} (proportional): {d['difference']:+.3f} "
+                     f"(Welch's t = {d['welch_t']}, seeds as samples).")
+    return lines
+
+
 def write_outputs(args, base: dict | None, rows: list[dict], missing: list[str], meta: dict) -> None:
     res = Path(args.results)
     gs = groups(rows)
     (res / "scaling.json").write_text(json.dumps({"date": str(date.today()), **meta, "base": base, "groups": gs,
+                                                  "trend": trend(rows, base),
                                                   "arms": rows, "missing": missing}, indent=1, ensure_ascii=False),
                                       encoding="utf-8")
     ref = base or (rows[0] if rows else None)
@@ -323,6 +371,7 @@ def write_outputs(args, base: dict | None, rows: list[dict], missing: list[str],
             f"{g['tokens']:.0f} | {g['train_s']:.0f} | {g['h100_sxm_s']:.3g} |")
     if ref:
         lines.append(f"| | chance (1 / options) | | | | {num(ref['chance'])} | | | | 0.500 | | | |")
+    lines += trend_lines(rows, base)
     lines.append("")
     lines.append(f"{len(rows)} trained arms finished with these settings"
                  + (f"; not yet run: {', '.join(missing)}" if missing else "") + ".")
@@ -471,6 +520,10 @@ def main() -> None:
             "train_s_all_arms": round(sum(r["train_s"] for r in rows), 1),
             "eval_s_all_models": round(sum(r["eval_s"] for r in rows) + (base["eval_s"] if base else 0), 1),
             "h100_sxm_s_all_arms": round(h100, 3), "flops_all_arms": sum(r["cost"]["estimated_flops"] or 0 for r in rows)}
+    prev = Path(args.results) / "scaling.json"
+    if did and all(v == "reused" for v in did.values()) and prev.is_file():  # only the tables were written again:
+        old = json.loads(prev.read_text(encoding="utf-8"))  # keep the wall time of the run that made the arms
+        meta["total_s_when_run"] = old.get("total_s_when_run", old.get("total_s"))
     write_outputs(args, base, rows, missing, meta)
     log(f"total {time.time() - t_all:.0f}s; {len(rows)} of {len(arms)} arms finished"
         + (f", missing {', '.join(missing)}" if missing else "") + f"; results in {args.results}")
