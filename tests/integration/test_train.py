@@ -264,3 +264,36 @@ def test_packed_batches_train_like_padded_ones(tiny_gemma, alpaca_file, tmp_path
     assert got == pytest.approx(want, rel=1e-5)
     # both count real tokens only (padding is never counted)
     assert summary["tokens"] == json.loads((grouped / "summary.json").read_text())["tokens"]
+
+
+def test_the_chat_route_lets_the_tokenizer_go_and_still_saves_it(tiny_llama, alpaca_file, tmp_path, monkeypatch):
+    """Once the data is rendered, the tokenizer (320 MB resident for Gemma 3's) is let go: nothing keeps it
+    alive through training, and the run folder still gets its files, byte for byte."""
+    import gc
+    import weakref
+
+    from dianjing.models import load as model_load
+    from transformers import AutoTokenizer
+
+    made = []
+    real = model_load.load_tokenizer
+
+    def spy(*a, **k):
+        tok = real(*a, **k)
+        made.append(weakref.ref(tok))
+        return tok
+
+    monkeypatch.setattr(loop, "load_tokenizer", spy)
+    cfg = sft_config(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=2")
+    trainer = loop.Trainer(cfg, tmp_path / "run", log=lambda *_: None)
+    gc.collect()
+    assert len(made) == 1 and made[0]() is None, "the tokenizer is still alive after the route's build"
+    trainer.save_outputs(trainer.run(resume=False))
+    want = tmp_path / "want"
+    AutoTokenizer.from_pretrained(str(tiny_llama)).save_pretrained(str(want))
+    got = tmp_path / "run" / "tokenizer"
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
+    for p in want.iterdir():
+        assert (got / p.name).read_bytes() == p.read_bytes(), p.name
+    saved = AutoTokenizer.from_pretrained(str(got))
+    assert saved("Hello world")["input_ids"] == AutoTokenizer.from_pretrained(str(tiny_llama))("Hello world")["input_ids"]

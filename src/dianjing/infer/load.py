@@ -36,7 +36,7 @@ def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=
         else:
             from peft import PeftModel
 
-            base = load_model(info["base_model"], dtype)
+            base = load_model(info["base_model"], dtype, log=log)
             with peft_quiet():
                 model = PeftModel.from_pretrained(base, str(run.adapter))
             if merge and info["method"] in ("lora", "dora", "ia3"):
@@ -49,6 +49,6 @@ def load_run(path: str | Path, precision: str = "auto", merge: bool = True, log=
     tok = load_tokenizer(path_or_id, log=log)
     template, why = choose_template("auto", tok)
     log(why)
-    model = load_model(path_or_id, dtype).to(prec.device)
+    model = load_model(path_or_id, dtype, log=log).to(prec.device)
     model.eval()
     return model, tok, template

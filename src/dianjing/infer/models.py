@@ -109,7 +109,7 @@ def load_models(targets: list[str], precision: str = "auto", log: Callable[[str]
                             "holds adapters of one type", fix="serve each type in its own server")
     from peft import PeftModel
 
-    model = load_model(base_path, prec.frozen)
+    model = load_model(base_path, prec.frozen, log=log)
     served = []
     for i, (p, name) in enumerate(zip(runs, names)):
         adapter = f"adapter_{i}"  # PEFT adapter names become module keys: no dots allowed, so not `name`

@@ -66,6 +66,17 @@ def set_mmap_threshold(mb: float) -> bool:
         return False
 
 
+def return_freed_memory() -> bool:
+    """glibc's malloc_trim(0): give the heap's free pages back to the OS, so that what was freed (a
+    large tokenizer's many small blocks) stops counting in the process's memory. False without glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def _new_run_dir(cfg: RunConfig) -> Path:
     if cfg.train.output_dir:
         return Path(cfg.train.output_dir)
@@ -128,6 +139,7 @@ class Trainer:
         log(f"device: {self.device} ({precision.device_name(self.device)})"
             + (f", process {self.world.rank + 1} of {self.world.size}" if self.world.many else ""))
         ctx = Context(cfg, self.folder, model_path, tokenizer, self.precision, log, self._pin)
+        del tokenizer  # the route owns it now (the chat route lets it go once the data is rendered)
         self.setup = builder_for(cfg.task.type)(ctx).check(cfg.task.type)
         self.model, self.train_set, self.eval_set = self.setup.model, self.setup.train_set, self.setup.eval_set
         self.compiled = self.setup.compiled
