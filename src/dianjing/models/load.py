@@ -179,12 +179,12 @@ LOW_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 def _stored_dtypes(folder: Path) -> set[str]:
     """The dtypes of a folder's safetensors weights, read from the file headers (nothing loaded)."""
+    from safetensors import safe_open
+
     out: set[str] = set()
     for f in folder.glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            head = json.loads(fh.read(n))
-        out |= {v["dtype"] for k, v in head.items() if k != "__metadata__"}
+        with safe_open(str(f), "pt") as sf:
+            out |= {sf.get_slice(k).get_dtype() for k in sf.keys()}
     return out
 
 
@@ -226,9 +226,8 @@ def _write_copy(folder: Path, tag: str, dtype: torch.dtype, log) -> str:
         cfg = json.loads((folder / "config.json").read_text())
         cfg["dtype"] = str(dtype).split(".")[-1]
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        for name in ("generation_config.json",):
-            if (folder / name).is_file():
-                shutil.copy(folder / name, tmp / name)
+        if (folder / "generation_config.json").is_file():
+            shutil.copy(folder / "generation_config.json", tmp / "generation_config.json")
         (tmp / "COMPLETE").write_text(f"{folder} in {tag}")
         if out.exists() and not (out / "COMPLETE").is_file():
             shutil.rmtree(out, ignore_errors=True)  # not ours to keep: a copy without its marker
