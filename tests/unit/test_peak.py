@@ -9,8 +9,9 @@ from dianjing import peak
 # -- the matmul peak (MFU's denominator): the probe, the kernel family, the per-machine cache -----
 def _peak(gflops=900.0, dtype="bf16", family="AMX", **kw) -> peak.Peak:
     return peak.Peak(gflops=gflops, shape=(2048, 640, 2048), dtype=dtype, family=family, capability="AVX512",
-                          threads=2, torch=torch.__version__, device="Test CPU", shapes={"2048x640x2048": gflops},
-                          skipped=[], seconds=3.0, measured_at="2026-12-01T00:00:00+00:00", **{"load": 0.5, **kw})
+                          threads=2, torch=torch.__version__, device="Test CPU", skipped=[], seconds=3.0,
+                          measured_at="2026-12-01T00:00:00+00:00",
+                          **{"load": 0.5, "shapes": {"2048x640x2048": gflops}, **kw})
 
 
 def _measures(monkeypatch, gflops=900.0) -> list:
@@ -77,6 +78,21 @@ def test_remeasuring_is_forced_by_the_environment_or_the_argument(peak_cache, mo
     peak.matmul_peak(torch.device("cpu"), torch.bfloat16)  # measured once per process, not per call
     peak.matmul_peak(torch.device("cpu"), torch.bfloat16, remeasure=True)
     assert len(calls) == 3
+
+
+def test_measuring_again_raises_the_cached_peak_but_never_lowers_it(peak_cache, monkeypatch):
+    readings = iter([_peak(900.0), _peak(700.0, shapes={"2048x640x2048": 700.0, "1024x1024x1024": 500.0}),
+                     _peak(1000.0)])
+    monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: next(readings))
+    cpu = torch.device("cpu")
+    assert peak.matmul_peak(cpu, torch.bfloat16).gflops == 900.0
+    slow = peak.matmul_peak(cpu, torch.bfloat16, remeasure=True)  # a slow minute of a shared machine
+    assert slow.gflops == 900.0 and slow.shapes == {"2048x640x2048": 900.0, "1024x1024x1024": 500.0}
+    monkeypatch.setattr(peak, "_PEAKS", {})
+    assert peak.matmul_peak(cpu, torch.bfloat16).gflops == 900.0  # and that is what the cache holds
+    assert peak.matmul_peak(cpu, torch.bfloat16, remeasure=True).gflops == 1000.0
+    monkeypatch.setattr(peak, "_PEAKS", {})
+    assert peak.matmul_peak(cpu, torch.bfloat16).gflops == 1000.0
 
 
 def test_the_cache_key_names_device_dtype_threads_and_torch():
