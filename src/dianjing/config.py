@@ -153,6 +153,10 @@ class AdapterConfig(_Strict):
         "bf16", description="with bf16 frozen weights: bf16 runs the adapter's products in bf16 under autocast "
         "(its weights and optimizer state stay fp32); fp32 casts each adapted layer's input to fp32 (PEFT's "
         "way: 35% slower on SmolLM2, bench/sft_vs_trl.py). No effect when the weights are fp32")
+    fold: bool = Field(
+        True, description="with adapter.compute bf16: each plain LoRA layer runs as one product [x, s·xA] @ "
+        "[W, B]^T instead of PEFT's three products and an add (models/fused_lora.py; the same gradients). "
+        "false: PEFT's forward")
 
 
 class TrainConfig(_Strict):

@@ -207,22 +207,27 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
 
 def test_bf16_adapter_compute_matches_fp32_compute(tiny_llama, alpaca_file, tmp_path):
     """adapter.compute=bf16 keeps the bf16 input of each adapted layer (no fp32 copy) and runs the
-    rank-r products in bf16; the fp32 adapter weights and the losses stay as with fp32 compute."""
+    rank-r products in bf16, by PEFT's layers (adapter.fold=false) or folded into the frozen product
+    (the default); the fp32 adapter weights and the losses stay as with fp32 compute."""
     seen, losses = {}, {}
-    for compute in ("fp32", "bf16"):
-        cfg = sft_config(tiny_llama, alpaca_file, tmp_path / compute, "train.max_steps=4", "model.precision=bf16",
-                         f"adapter.compute={compute}")
-        trainer = loop.Trainer(cfg, tmp_path / compute, log=lambda *_: None)
-        lora_a = next(m for n, m in trainer.model.named_modules() if n.endswith("lora_A.default"))
-        lora_a.register_forward_hook(lambda m, inp, out, c=compute: [seen.setdefault(c, inp[0].dtype), None][1])
+    for arm, compute, fold in (("fp32", "fp32", "true"), ("bf16", "bf16", "false"), ("fold", "bf16", "true")):
+        cfg = sft_config(tiny_llama, alpaca_file, tmp_path / arm, "train.max_steps=4", "model.precision=bf16",
+                         f"adapter.compute={compute}", f"adapter.fold={fold}")
+        trainer = loop.Trainer(cfg, tmp_path / arm, log=lambda *_: None)
+        name, layer = next((n, m) for n, m in trainer.model.named_modules() if hasattr(m, "lora_A"))
+        # the folded layer never calls its lora_A module: watch the layer's own input there
+        watched = layer if arm == "fold" else layer.lora_A["default"]
+        assert ("forward" in vars(layer)) == (arm == "fold"), name
+        watched.register_forward_hook(lambda m, inp, out, c=arm: [seen.setdefault(c, inp[0].dtype), None][1])
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         trainer.run()
-        losses[compute] = logged_losses(tmp_path / compute)
+        losses[arm] = logged_losses(tmp_path / arm)
         changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
         assert changed and all("lora_" in n for n in changed)
         assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
-    assert seen == {"fp32": torch.float32, "bf16": torch.bfloat16}
-    assert max(abs(a - b) for a, b in zip(losses["fp32"], losses["bf16"])) < 2e-2
+    assert seen == {"fp32": torch.float32, "bf16": torch.bfloat16, "fold": torch.bfloat16}
+    for arm in ("bf16", "fold"):
+        assert max(abs(a - b) for a, b in zip(losses["fp32"], losses[arm])) < 2e-2, arm
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from dianjing.data.render import RenderStats, render_all
 from dianjing.data.templates import choose_template
 from dianjing.errors import ConfigError, DianjingError
 from dianjing.models.adapters import attach, count_params
+from dianjing.models.fused_lora import fold as fold_lora
 from dianjing.models.load import enable_checkpointing, load_model, random_model
 from dianjing.run_folder import RunFolder
 from dianjing.train.compile import compile_blocks
@@ -93,6 +94,9 @@ def prepare(ctx: Context, model) -> bool:
     cfg = ctx.cfg
     if ctx.precision.autocast_dtype is not None and cfg.adapter.method != "full":
         _keep_bf16_inputs(model)
+        if cfg.adapter.fold and cfg.adapter.method == "lora":
+            n = fold_lora(model)
+            ctx.log(f"adapter: {n} LoRA layers folded into their frozen layer's product (adapter.fold)")
     compiled, why = compile_decide(cfg.train.compile, model, ctx.precision.device)
     ctx.log(why)
     if compiled:
