@@ -12,6 +12,8 @@ at the end (the length-grouped batches' shape: lengths spread over the last quar
                builds (what a training step runs today);
   sdpa-causal  the same with is_causal=True and no mask (padding attended to: only a speed reference);
   math         the two products and a softmax written out (the full L x L, masked half included);
+  math-compiled  the same under torch.compile: what model.attn_implementation auto runs inside dianjing's
+               compiled blocks on a CPU (the model's eager attention, its mask and softmax fused by inductor);
   flex         torch.compile'd flex_attention with a causal + padding block mask, which skips fully masked
                blocks (the masked half) instead of computing them.
 
@@ -40,7 +42,7 @@ def main() -> int:
     ap.add_argument("--head-dim", type=int, default=256)
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--paths", nargs="+", default=["sdpa-mask", "sdpa-causal", "math", "flex"])
+    ap.add_argument("--paths", nargs="+", default=["sdpa-mask", "sdpa-causal", "math", "math-compiled", "flex"])
     args = ap.parse_args()
     dt = torch.bfloat16
     B, H, K, D = args.batch, args.heads, args.kv_heads, args.head_dim
@@ -75,7 +77,8 @@ def main() -> int:
             s = s.float().masked_fill(~mask, float("-inf"))
             return s.softmax(-1).to(dt) @ rep(v)
 
-        fns = {"sdpa-mask": sdpa_mask, "sdpa-causal": sdpa_causal, "math": math}
+        fns = {"sdpa-mask": sdpa_mask, "sdpa-causal": sdpa_causal, "math": math,
+               "math-compiled": torch.compile(math, dynamic=False)}
         if "flex" in args.paths:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
