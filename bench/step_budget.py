@@ -72,6 +72,10 @@ MATMUL_NODES = {"MmBackward0", "AddmmBackward0", "BmmBackward0", "BaddbmmBackwar
                 "AddmvBackward0", "LinearBackward0"}
 # what a matmul's autograd node itself calls; anything else under it is gradient checkpointing's recompute
 # of the block's forward (it runs inside the first node that unpacks a saved tensor, often MmBackward0)
+# batched products: the models' projections run as mm / addmm (their inputs flattened to 2-D), so a bmm is the
+# written-out attention's QKᵀ or ·V (model.attn_implementation auto on a CPU); its softmax and mask are fused into
+# the compiled block's kernels and stay in "other"
+BATCHED = {"aten::bmm", "aten::baddbmm", "BmmBackward0", "BaddbmmBackward0"}
 NODE_PARTS = {"aten::t", "aten::transpose", "aten::conj", "aten::resolve_conj", "aten::sum"}
 ATTENTION_MARKS = ("scaled_dot_product", "scaleddotproduct", "flash_attention", "flashattention",
                    "efficient_attention")
@@ -152,7 +156,7 @@ def classify(events, vocab: int | None = None, dense: bool = False) -> dict:
             b = "optimizer"
         elif OUTPUT_LABEL in names:
             b = "output layer"
-        elif _attention(chain):
+        elif _attention(chain) or (mm is not None and chain[mm].name in BATCHED):
             b = "attention"
         elif mm is None:
             b = "other"

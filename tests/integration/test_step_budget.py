@@ -98,6 +98,18 @@ def test_recompute_under_a_matmul_node_is_not_a_matmul(sb):
                                                                         sdpa, flash, opt, adam)))
 
 
+def test_the_written_out_attention_s_batched_products_are_attention(sb):
+    # the projections run as mm (inputs flattened to 2-D); QKᵀ and ·V of the written-out attention as bmm
+    qk = Ev("aten::bmm", 30, None, [[8, 16, 4], [8, 4, 16]])
+    node = Ev("BmmBackward0", 2)
+    back = Ev("aten::bmm", 50, node, [[8, 16, 16], [8, 16, 4]])
+    proj = Ev("aten::mm", 9, None, [[10, 4], [4, 4]])
+    b = sb.classify([qk, node, back, proj])["buckets"]
+    assert b["attention"]["s"] * 1e6 == pytest.approx(82)
+    assert b["attention"]["flops"] == 2 * 8 * 16 * 4 * 16 + 2 * 8 * 16 * 16 * 4
+    assert b["body matmuls"]["s"] * 1e6 == pytest.approx(9) and b["other"]["s"] == 0
+
+
 def test_dense_head_products_go_to_the_output_layer(sb):
     lin = Ev("aten::linear", 1, None, [[2, 5, 4], [300, 4]])
     mm = Ev("aten::mm", 30, lin, [[10, 4], [4, 300]])
