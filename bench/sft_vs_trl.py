@@ -245,7 +245,7 @@ def main() -> None:
     used = p16 if args.precision == "bf16" else p32
     peak = used.gflops
     tolerance = LOSS_TOLERANCE if args.precision == "fp32" else BF16_TOLERANCE
-    print(f"matmul peak on this machine ({args.threads} threads): fp32 {peak32:.0f} GFLOP/s at {p32.label} "
+    print(f"matmul peak on this machine ({p16.device}, {args.threads} threads): fp32 {peak32:.0f} GFLOP/s at {p32.label} "
           f"({p32.family}), bf16 {peak16:.0f} GFLOP/s at {p16.label} ({p16.family}), tokens x in x out"
           f"{', from the cache' if used.cached else ''}; MFU below is against the {args.precision} peak")
     model_path = resolve_model(args.model, log=print)

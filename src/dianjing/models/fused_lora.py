@@ -2,9 +2,9 @@
 
 PEFT computes an adapted layer as `base(x) + B(A(x)) * s`: the frozen product, then the rank-r
 products, then an add over the whole output. The second rank-r product (`u @ B^T`, r = 16 columns
-in) writes as many values as the frozen product for 1/40 of its work, and on this CPU it ran at
-36–65 GFLOP/s inside a training step (bench/results/2026-12-02-lora-shapes.txt), a tenth of the
-frozen products' speed; the add reads and writes the output once more.
+in) writes as many values as the frozen product for 1/40 of its work, and on a 2-core CPU it ran at
+36–65 GFLOP/s inside a training step (bench/matmul_shapes.py; bench/results/2026-12-02-lora-shapes.txt),
+a tenth of the frozen products' speed; the add reads and writes the output once more.
 
 Here the layer is one product over concatenated operands:
 

@@ -123,8 +123,9 @@ def written_out_attention(model, compiled: bool, device, max_length: int, log) -
 
     PyTorch's CPU flash kernel ran Gemma 3's attention (4 heads of 256, L ≤ 512) at a fraction of the
     matmul speed; written out (QKᵀ, mask, softmax, ·V) inside a compiled block, inductor fuses the
-    mask and softmax, and the two products run as batched GEMMs: 220 → 91 ms forward and backward at
-    L 512, and 6–30% more tokens/s for the whole step (bench/sft_vs_trl.py, 2026-12-02)."""
+    mask and softmax, and the two products run as batched GEMMs: 145 → 79 ms forward and backward at
+    L 512 (bench/attention.py), and 6–32% more tokens/s for the whole step (bench/sft_vs_trl.py,
+    2026-12-02, an AMD EPYC without AMX)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     now = getattr(base.config, "_attn_implementation", "sdpa")
     if not (compiled and device.type == "cpu") or now != "sdpa" or max_length > WRITTEN_OUT_MAX_LENGTH:
