@@ -381,9 +381,29 @@ def test_a_slow_body_is_cut_off(models):
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 100\r\n\r\n{\"messages\"")
             t = time.monotonic()
-            reply = s.recv(4096).decode()
+            reply = _read_response(s)
             assert time.monotonic() - t < 5
         assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply
+
+
+def _read_response(s: socket.socket) -> str:
+    """One HTTP response off a raw socket: the head, then its body (the server may send them in two
+    writes, so one recv can end at the head; a closed connection ends it too)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
 
 
 def test_the_bearer_scheme_is_case_insensitive(models):
