@@ -230,9 +230,41 @@ def measure_peak(on: torch.device | None = None, dtype: torch.dtype = torch.bflo
                 measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
+def cpu_signature(text: str | None = None, path: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """A short fingerprint of the CPU beyond its model name: family, model, stepping, cache size and
+    flags, hashed. Virtual machines often report one name for different CPUs ("Intel(R) Xeon(R)
+    Processor" was a 1.1 TFLOP/s and a 2.8 TFLOP/s bf16 machine on 2026-12-02), so the name alone would
+    let one machine's peak stand for another's. Empty where cpuinfo cannot be read."""
+    import hashlib
+
+    if text is None:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if not name and fields:
+            break  # the first processor's block is enough
+        if name in ("vendor_id", "cpu family", "model", "stepping", "cache size", "cpu part", "cpu variant"):
+            fields[name] = value.strip()
+    flags = " ".join(sorted(cpu_flags(text)))
+    if not fields and not flags:
+        return ""
+    blob = "|".join(f"{k}={v}" for k, v in sorted(fields.items())) + "|" + flags
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
 def peak_key(on: torch.device, dtype: torch.dtype) -> str:
-    """The cache key of a peak: what it depends on (device model, dtype, threads, torch version)."""
-    return f"{device_name(on)} | {_dtype_name(dtype)} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    """The cache key of a peak: what it depends on (device model, dtype, threads, torch version); a
+    CPU's model is its name and its cpuinfo signature."""
+    name = device_name(on)
+    if on.type == "cpu" and (sig := cpu_signature()):
+        name = f"{name} [{sig}]"
+    return f"{name} | {_dtype_name(dtype)} | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
 def peak_cache_path() -> Path:

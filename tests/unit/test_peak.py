@@ -124,6 +124,20 @@ def test_the_kernel_family_comes_from_the_cpu_flags(extra, bf16, fp32):
     assert peak.kernel_family(torch.float32, flags) == fp32
 
 
+def test_the_cpu_signature_tells_cpus_with_one_name_apart(tmp_path):
+    amx = CPUINFO.format(extra="avx512_bf16 amx_bf16 amx_tile")
+    plain = CPUINFO.format(extra="avx512_bf16")
+    assert peak.cpu_signature(amx) != peak.cpu_signature(plain)  # same model name, other flags
+    stepped = "cpu family\t: 6\nmodel\t: 143\nstepping\t: 8\n" + amx
+    assert peak.cpu_signature(stepped) != peak.cpu_signature(stepped.replace("stepping\t: 8", "stepping\t: 6"))
+    two = stepped + "\n" + stepped.replace("processor\t: 0", "processor\t: 1")
+    assert peak.cpu_signature(two) == peak.cpu_signature(stepped)  # one processor's block is read
+    assert len(peak.cpu_signature(amx)) == 8
+    assert peak.cpu_signature(path=tmp_path / "missing") == ""
+    if peak.cpu_signature():
+        assert f"[{peak.cpu_signature()}]" in peak.peak_key(torch.device("cpu"), torch.float32)
+
+
 def test_cpu_flags_read_a_file_and_know_avx2_arm_and_nothing(tmp_path):
     f = tmp_path / "cpuinfo"
     f.write_text("processor : 0\nflags : sse2 avx avx2 fma\n")

@@ -102,7 +102,7 @@ def fold(model) -> int:
         return 0
     n = 0
     for m in model.modules():
-        if isinstance(m, LoraLinear) and type(m) is LoraLinear and _plain(m) is not None:
+        if type(m) is LoraLinear and _plain(m) is not None:  # exact type: PEFT's subclasses keep their forward
             m.forward = types.MethodType(_forward, m)
             n += 1
     return n
