@@ -180,6 +180,11 @@ class TrainConfig(_Strict):
         "length_grouped", description="length_grouped: batches of similar length (little padding), shuffled; "
                                       "packed: the same batches without padding, examples kept apart by a "
                                       "block-diagonal mask; random: shuffled; sequential: file order")
+    split_padding: float | None = Field(
+        0.25, gt=0, lt=1, description="one process: a batch whose padding a split into length-sorted parts "
+        "(each padded to its own longest row) cuts by at least this share of its tokens runs as those parts: "
+        "the same loss and gradients, fewer padded tokens through the model (batches in file or random "
+        "order); null: never")
     logits: Literal["sparse", "dense"] = Field(
         "sparse", description="sparse: output layer only at supervised positions")
     log_every: int = Field(1, ge=1, description="steps between lines in metrics.jsonl")

@@ -302,3 +302,26 @@ def test_the_chat_route_lets_the_tokenizer_go_and_still_saves_it(tiny_llama, alp
         assert (got / p.name).read_bytes() == p.read_bytes(), p.name
     saved = AutoTokenizer.from_pretrained(str(got))
     assert saved("Hello world")["input_ids"] == AutoTokenizer.from_pretrained(str(tiny_llama))("Hello world")["input_ids"]
+
+
+def test_split_padded_batches_train_like_whole_ones(tiny_gemma, tmp_path, monkeypatch):
+    """train.split_padding: a file-order batch with one long example runs as length-sorted parts —
+    fewer padded tokens, the same per-step losses and the same tokens counted."""
+    from dianjing.data import batching
+
+    rows = [{"instruction": f"Say the number {i}.", "input": "",
+             "output": " ".join(["word"] * (60 if i % 4 == 0 else 2)) + f" {i}."} for i in range(16)]
+    data = tmp_path / "uneven.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parts = []
+    real = batching.split_padded
+    monkeypatch.setattr(loop, "split_padded", lambda b, s: parts.append(len(out := real(b, s))) or out)
+    common = ("train.max_steps=3", "model.precision=fp32", "train.compile=off", "data.eval_fraction=0",
+              "train.batching=sequential")
+    whole, _ = train(sft_config(tiny_gemma, data, tmp_path / "whole", *common, "train.split_padding=null"),
+                     log=lambda *_: None)
+    assert parts == []  # null: never called
+    split, summary = train(sft_config(tiny_gemma, data, tmp_path / "split", *common), log=lambda *_: None)
+    assert parts and max(parts) >= 2  # the long examples went into parts of their own
+    assert logged_losses(split) == pytest.approx(logged_losses(whole), rel=1e-5)
+    assert summary["tokens"] == json.loads((whole / "summary.json").read_text())["tokens"]

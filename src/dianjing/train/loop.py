@@ -21,7 +21,7 @@ import torch
 
 from dianjing import precision
 from dianjing.config import RunConfig, dump_config, load_config
-from dianjing.data.batching import epoch_order
+from dianjing.data.batching import epoch_order, split_padded
 from dianjing.errors import DianjingError
 from dianjing.models.adapters import resolve_auto
 from dianjing.models.load import load_tokenizer, resolve_model
@@ -269,6 +269,8 @@ class Trainer:
         the ranges it times."""
         t = self.cfg.train
         batches = [self.micro_batch(step * t.grad_accum + a) for a in range(t.grad_accum)]
+        if t.split_padding and not self.world.many:  # ranks must run the same forwards (FSDP gathers in each)
+            batches = [(part, w) for b, w in batches for part in split_padded(b, t.split_padding)]
         # counted on the host before the batches move, over all processes: the step's loss is
         # divided by its global number of targets
         n_targets, step_tokens = (int(x) for x in self.world.sum(

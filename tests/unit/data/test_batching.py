@@ -91,3 +91,46 @@ def test_collate_right_pads_to_the_longest():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["mask"].tolist() == [[False, True, True], [True, False, False]]
     assert batch["input_ids"].dtype == torch.long and batch["mask"].dtype == torch.bool
+
+
+def _padded(lengths, width=None):
+    width = width or max(lengths)
+    n = len(lengths)
+    ids = torch.zeros((n, width), dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.bool)
+    for r, L in enumerate(lengths):
+        ids[r, :L] = torch.arange(1, L + 1) + 1000 * r
+        attn[r, :L] = 1
+        mask[r, L // 2:L] = True
+    return {"input_ids": ids, "attention_mask": attn, "mask": mask}
+
+
+def test_split_padded_cuts_padding_and_keeps_every_row_and_target():
+    from dianjing.data.batching import split_padded
+
+    batch = _padded([40, 500, 38, 45, 60, 42, 480, 50])
+    parts = split_padded(batch, 0.25)
+    assert 2 <= len(parts) <= 4
+    padded = sum(p["input_ids"].numel() for p in parts)
+    assert padded <= 0.75 * batch["input_ids"].numel()
+    for p in parts:  # each part is padded to its own longest row, no further
+        assert int(p["attention_mask"].sum(1).max()) == p["input_ids"].shape[1]
+        assert set(p) == set(batch)
+    rows = sorted(tuple(r[r > 0].tolist()) for p in parts for r in p["input_ids"])
+    assert rows == sorted(tuple(r[r > 0].tolist()) for r in batch["input_ids"])
+    assert sum(int(p["mask"].sum()) for p in parts) == int(batch["mask"].sum())
+    assert sum(int(p["attention_mask"].sum()) for p in parts) == int(batch["attention_mask"].sum())
+
+
+def test_split_padded_leaves_even_or_foreign_batches_whole():
+    from dianjing.data.batching import split_padded
+
+    even = _padded([100, 110, 120, 118])
+    assert split_padded(even, 0.25) == [even]  # splitting would save under a quarter
+    labelled = dict(_padded([10, 500]), labels=torch.tensor([0, 1]))
+    assert split_padded(labelled, 0.25) == [labelled]  # a task head's batch: not ours to split
+    assert len(split_padded(_padded([10, 500]), 0.25)) == 2
+    assert len(split_padded(_padded([10, 500]), 0.99)) == 1  # 49% saved is under 99%
+    one = _padded([300])
+    assert split_padded(one, 0.1) == [one]
