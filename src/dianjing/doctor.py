@@ -74,7 +74,7 @@ def peak_checks() -> list[Check]:
     import torch
 
     from dianjing.errors import DianjingError
-    from dianjing.peak import REMEASURE_ENV, bf16_evidence, matmul_peak
+    from dianjing.peak import REMEASURE_ENV, bf16_evidence, matmul_peak, busy as peak_busy
     from dianjing.precision import bf16_supported, device
 
     try:
@@ -88,10 +88,10 @@ def peak_checks() -> list[Check]:
     for dtype in ((torch.bfloat16, torch.float32) if fast else (torch.float32,)):
         p = peaks[dtype] = matmul_peak(dev, dtype)
         when = f"from the cache ({p.measured_at[:10]})" if p.cached else f"measured now in {p.seconds:.1f} s"
-        busy = dev.type == "cpu" and p.load is not None and p.load > 0.5 * (os.cpu_count() or 1)
+        busy = peak_busy(p, dev)
         detail = (f"{p.gflops:.0f} GFLOP/s at {p.label} (tokens x in x out), {p.family} kernels "
                   f"(torch dispatch: {p.capability}), "
-                  f"{p.threads} threads, {when}" + (f"; load {p.load:g} while measured" if busy else ""))
+                  f"{p.threads} threads, {when}" + (f"; {busy}" if busy else ""))
         out.append(("warn" if busy else "ok", f"peak {p.dtype}", detail,
                     f"measure again when the machine is idle: {REMEASURE_ENV}=1 dianjing doctor" if busy else None))
     if len(peaks) == 2:

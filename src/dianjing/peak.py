@@ -77,6 +77,7 @@ class Peak:
     seconds: float  # how long the probe took
     load: float | None  # the 1-minute load average when the probe started (None where unknown)
     measured_at: str  # ISO time
+    others: float | None = None  # cores' worth of CPU time other work took while the probe ran (None: unknown)
     cached: bool = False  # read from peak.json rather than measured in this process
 
     @property
@@ -164,6 +165,31 @@ def _load() -> float | None:
         return None
 
 
+def _cpu_seconds(stat: str = "/proc/stat") -> tuple[float, float] | None:
+    """(CPU seconds all cores have spent busy or stolen by the hypervisor, CPU seconds of this process), since
+    boot and since it started; None where /proc/stat cannot be read (not Linux)."""
+    try:
+        with open(stat, encoding="ascii") as f:
+            fields = f.readline().split()
+        # cpu user nice system idle iowait irq softirq steal [guest guest_nice: already in user and nice]
+        ticks = [int(v) for v in fields[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(ticks) < 8:
+        return None
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def others_during(before: tuple[float, float] | None, after: tuple[float, float] | None, wall: float) -> float | None:
+    """Cores' worth of CPU time that other work (other processes, or the hypervisor's other guests) took
+    between two `_cpu_seconds` readings `wall` seconds apart; None where either is unknown."""
+    if before is None or after is None or wall <= 0:
+        return None
+    return round(max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / wall, 2)
+
+
 def _shape_gflops(dtype: torch.dtype, shape: tuple[int, int, int], seconds: float, on: torch.device) -> float:
     """GFLOP/s of F.linear over one (tokens, in, out) shape: warmed up, then timed for `seconds`."""
     import time
@@ -203,7 +229,7 @@ def measure_peak(on: torch.device | None = None, dtype: torch.dtype = torch.bflo
     on = on or torch.device("cpu")
     shapes = sorted(shapes or (CUDA_SHAPES if on.type == "cuda" else CPU_SHAPES), key=lambda s: s[0] * s[1] * s[2])
     window = max(0.02, 0.5 * budget_s / len(shapes))
-    load, threads, began = _load(), torch.get_num_threads(), time.perf_counter()
+    load, threads, cpu, began = _load(), torch.get_num_threads(), _cpu_seconds(), time.perf_counter()
     got: dict[str, float] = {}
     skipped: list[str] = []
     last_square, squares_done = None, False
@@ -222,11 +248,12 @@ def measure_peak(on: torch.device | None = None, dtype: torch.dtype = torch.bflo
             if last_square is not None and rate < 0.85 * last_square:
                 squares_done = True
             last_square = rate
-    best = max(got, key=got.get)
+    best, wall = max(got, key=got.get), time.perf_counter() - began
+    others = others_during(cpu, _cpu_seconds(), wall) if on.type == "cpu" else None
     return Peak(gflops=round(got[best], 1), shape=tuple(int(d) for d in best.split("x")), dtype=_dtype_name(dtype),
                 family=_family(on, dtype), capability=_capability(on), threads=threads, torch=torch.__version__,
                 device=device_name(on), shapes={k: round(v, 1) for k, v in got.items()}, skipped=skipped,
-                seconds=round(time.perf_counter() - began, 2), load=load,
+                seconds=round(wall, 2), load=load, others=others,
                 measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -275,9 +302,22 @@ def peak_cache_path() -> Path:
     return Path(os.environ.get("DIANJING_PEAK_CACHE") or cache_dir() / "peak.json")
 
 
-def _busy(peak: Peak, on: torch.device) -> bool:
-    """A CPU probe that ran while other work held more than half the cores: too low to keep as the peak."""
-    return on.type == "cpu" and peak.load is not None and peak.load > 0.5 * (os.cpu_count() or 1)
+BUSY_SHARE = 0.25  # other work above this share of the cores during a CPU probe: its figure is not kept
+
+
+def busy(peak: Peak, on: torch.device) -> str | None:
+    """Why a CPU probe's figure is too low to keep as the peak, or None: other work took more than a quarter
+    of the cores while it ran, measured over the probe itself (`others`). Probes cached before that was
+    measured are judged by the load average at their start, as they were (more than half the cores);
+    it lags by a minute, both ways: a job that had just started read as a quiet machine."""
+    if on.type != "cpu":
+        return None
+    cores = os.cpu_count() or 1
+    if peak.others is not None:
+        return f"other work took {peak.others:g} of {cores} cores while measured" if peak.others > BUSY_SHARE * cores else None
+    if peak.load is not None and peak.load > 0.5 * cores:
+        return f"load {peak.load:g} while measured"
+    return None
 
 
 def _read_peaks(path) -> dict:
@@ -363,7 +403,7 @@ def matmul_peak(on: torch.device | None = None, dtype: torch.dtype = torch.bfloa
     found = None if remeasure or env else kept
     if found is None:
         found = measure_peak(on, dtype)
-        if not _busy(found, on):  # a busy machine's figure serves this process only; the next one measures again
+        if not busy(found, on):  # a busy machine's figure serves this process only; the next one measures again
             found = _best_of(kept, found)
             _write_peak(path, key, found)
     _PEAKS[key] = found

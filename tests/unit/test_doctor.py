@@ -64,10 +64,10 @@ def test_mps_is_reported_and_picked(monkeypatch):
     assert got["device"][1] == "model.device: auto picks mps (Apple GPU (MPS))"
 
 
-def _peak(gflops, dtype, family, load=0.1, device="Test CPU"):
+def _peak(gflops, dtype, family, load=0.1, device="Test CPU", others=None):
     return peak.Peak(gflops=gflops, shape=(2048, 640, 2048), dtype=dtype, family=family, capability="AVX512",
                           threads=2, torch=torch.__version__, device=device, shapes={"2048x640x2048": gflops},
-                          skipped=[], seconds=3.2, load=load, measured_at="2026-12-01T10:00:00+00:00")
+                          skipped=[], seconds=3.2, load=load, measured_at="2026-12-01T10:00:00+00:00", others=others)
 
 
 @pytest.fixture
@@ -130,3 +130,12 @@ def test_a_peak_measured_on_a_busy_machine_is_a_warning(on_cpu, peaks, monkeypat
                                                                                            load=1000.0))
     status, detail, fix = _by_name(doctor.peak_checks())["peak fp32"]
     assert status == "warn" and "load 1000 while measured" in detail and "DIANJING_REMEASURE_PEAK=1" in fix
+
+
+def test_other_work_during_the_probe_makes_its_peak_a_warning(on_cpu, peaks, monkeypatch):
+    monkeypatch.setattr(precision, "bf16_supported", lambda on=None: False)
+    monkeypatch.setattr(peak.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(peak, "measure_peak", lambda on=None, dtype=None, **k: _peak(90.0, "fp32", "AVX2",
+                                                                                           others=1.4))
+    status, detail, _ = _by_name(doctor.peak_checks())["peak fp32"]
+    assert status == "warn" and "other work took 1.4 of 2 cores while measured" in detail

@@ -187,3 +187,45 @@ def test_the_probe_skips_shapes_that_would_not_fit_its_budget(monkeypatch):
     p = peak.measure_peak(torch.device("cpu"), torch.bfloat16, budget_s=2.0)
     assert p.shapes == {"1024x1024x1024": 1.0} and p.gflops == 1.0
     assert len(p.skipped) == len(peak.CPU_SHAPES) - 1 and all("budget" in s for s in p.skipped)
+
+
+# -- a busy machine, measured over the probe itself -------------------------------------------------
+def test_other_work_during_the_probe_is_counted_from_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    tick = peak.os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice: busy = all but idle and iowait
+    stat.write_text(f"cpu  {3 * tick} 0 {tick} {50 * tick} {7 * tick} 0 0 {tick} 0 0\ncpu0 1 2 3 4\n")
+    busy, own = peak._cpu_seconds(str(stat))
+    assert busy == pytest.approx(5.0) and own > 0
+    assert peak.others_during((100.0, 10.0), (103.0, 11.0), 2.0) == 1.0  # 3 s busy, 1 of them ours, in 2 s
+    assert peak.others_during((100.0, 10.0), (100.5, 11.0), 1.0) == 0.0  # never below nothing
+    assert peak.others_during(None, (1.0, 1.0), 1.0) is None
+    stat.write_text("intr 1 2 3\n")
+    assert peak._cpu_seconds(str(stat)) is None and peak._cpu_seconds(str(tmp_path / "absent")) is None
+
+
+def test_a_probe_is_busy_by_what_other_work_took_while_it_ran(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(peak.os, "cpu_count", lambda: 2)
+    assert "1.2 of 2 cores" in peak.busy(_peak(others=1.2, load=0.0), cpu)
+    assert peak.busy(_peak(others=0.3, load=50.0), cpu) is None  # the lagging load average no longer decides
+    assert "load 50" in peak.busy(_peak(load=50.0), cpu)  # an entry cached before `others` was measured
+    assert peak.busy(_peak(load=0.5), cpu) is None
+    assert peak.busy(_peak(others=1.9), torch.device("cuda")) is None
+
+
+@pytest.mark.skipif(peak._cpu_seconds() is None, reason="needs /proc/stat")
+def test_a_process_burning_a_core_during_the_probe_is_seen():
+    import subprocess
+    import sys
+
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)  # let it start spinning
+        got = peak.measure_peak(torch.device("cpu"), torch.float32, budget_s=1.0, shapes=[(256, 256, 256)])
+    finally:
+        burner.kill()
+        burner.wait()
+    assert got.others is not None and got.others > 0.3, got.others
