@@ -184,7 +184,7 @@ class TrainConfig(_Strict):
         0.25, gt=0, lt=1, description="one process: a batch whose padding a split into length-sorted parts "
         "(each padded to its own longest row) cuts by at least this share of its tokens runs as those parts: "
         "the same loss and gradients, fewer padded tokens through the model (batches in file or random "
-        "order); null: never")
+        "order; the held-out loss too); null: never")
     logits: Literal["sparse", "dense"] = Field(
         "sparse", description="sparse: output layer only at supervised positions")
     log_every: int = Field(1, ge=1, description="steps between lines in metrics.jsonl")

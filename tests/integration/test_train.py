@@ -316,12 +316,15 @@ def test_split_padded_batches_train_like_whole_ones(tiny_gemma, tmp_path, monkey
     parts = []
     real = batching.split_padded
     monkeypatch.setattr(loop, "split_padded", lambda b, s: parts.append(len(out := real(b, s))) or out)
-    common = ("train.max_steps=3", "model.precision=fp32", "train.compile=off", "data.eval_fraction=0",
+    common = ("train.max_steps=3", "model.precision=fp32", "train.compile=off", "data.eval_fraction=0.25",
               "train.batching=sequential")
     whole, _ = train(sft_config(tiny_gemma, data, tmp_path / "whole", *common, "train.split_padding=null"),
                      log=lambda *_: None)
     assert parts == []  # null: never called
     split, summary = train(sft_config(tiny_gemma, data, tmp_path / "split", *common), log=lambda *_: None)
     assert parts and max(parts) >= 2  # the long examples went into parts of their own
+    assert len(parts) > 3  # 3 steps of one batch each, then the held-out batches went through it too
     assert logged_losses(split) == pytest.approx(logged_losses(whole), rel=1e-5)
-    assert summary["tokens"] == json.loads((whole / "summary.json").read_text())["tokens"]
+    before = json.loads((whole / "summary.json").read_text())
+    assert summary["tokens"] == before["tokens"]
+    assert summary["final_eval_loss"] == pytest.approx(before["final_eval_loss"], rel=1e-5)  # evaluated in parts too

@@ -212,8 +212,11 @@ class Trainer:
         with compile_eager() if self.compiled else contextlib.nullcontext():  # no second compile for no-grad
             for s in range(0, len(self.eval_set), bs):
                 idx, weight = share(list(range(s, min(s + bs, len(self.eval_set)))), self.world)
-                loss, k = self._forward(self.setup.collate([self.eval_set[j] for j in idx]))
-                tot, n = tot + weight * float(loss), n + weight * k
+                batch = self.setup.collate([self.eval_set[j] for j in idx])
+                split = self.cfg.train.split_padding if not self.world.many else None  # as in step()
+                for part in split_padded(batch, split) if split else [batch]:
+                    loss, k = self._forward(part)  # the loss summed over the part's targets
+                    tot, n = tot + weight * float(loss), n + weight * k
         tot, n = self.world.sum(tot, n)
         self.model.train()
         return tot / max(1, n)
