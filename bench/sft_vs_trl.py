@@ -235,7 +235,7 @@ def main() -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from dianjing.models.load import resolve_model
-    from dianjing.peak import matmul_peak
+    from dianjing.peak import matmul_peak, recheck
 
     torch.set_num_threads(args.threads)
     # the honest peak: the best of the models' own F.linear shapes and a few squares, cached per machine
@@ -243,6 +243,7 @@ def main() -> None:
     p32, p16 = matmul_peak(cpu, torch.float32), matmul_peak(cpu, torch.bfloat16)
     peak32, peak16 = p32.gflops, p16.gflops
     used = p16 if args.precision == "bf16" else p32
+    used_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = used.gflops
     tolerance = LOSS_TOLERANCE if args.precision == "fp32" else BF16_TOLERANCE
     print(f"matmul peak on this machine ({p16.device}, {args.threads} threads): fp32 {peak32:.0f} GFLOP/s at {p32.label} "
@@ -283,6 +284,17 @@ def main() -> None:
                         print(p.stderr[-3000:])
                         raise SystemExit(f"{side} failed")
                     results[side].append(summarise(json.loads(line[-1][7:]), flops_tok, flops_sup, peak))
+        # a side that counted more than the cached peak says the peak is stale (a slow host's probe): measured again
+        fastest = max(r["mfu"] for rs in results.values() for r in rs) * peak
+        if fastest > peak:
+            found, why = recheck(cpu, used_dtype, fastest)
+            print(why)
+            if found.gflops > peak:
+                for rs in results.values():
+                    for r in rs:
+                        r["mfu"] *= peak / found.gflops
+                peak = found.gflops
+                peak32, peak16 = (peak, peak16) if args.precision == "fp32" else (peak32, peak)
         best = {s: max(r, key=lambda x: x["tokens_per_s"]) for s, r in results.items() if r}
         if len(best) == 1:
             (side, r), = best.items()

@@ -229,3 +229,49 @@ def test_a_process_burning_a_core_during_the_probe_is_seen():
         burner.kill()
         burner.wait()
     assert got.others is not None and got.others > 0.3, got.others
+
+
+# -- a stale peak: a run that counts more than the cached peak measures it again ---------------------
+def test_a_run_faster_than_the_cached_peak_measures_it_again_and_keeps_the_higher(peak_cache, monkeypatch):
+    cpu = torch.device("cpu")
+    readings = iter([_peak(89.0, dtype="fp32"), _peak(176.0, dtype="fp32")])
+    monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: next(readings))
+    assert peak.matmul_peak(cpu, torch.float32).gflops == 89.0  # a slow host's probe, cached
+    found, why = peak.recheck(cpu, torch.float32, achieved_gflops=128.0)
+    assert found.gflops == 176.0 and "128 GFLOP/s" in why and "89" in why and "176" in why
+    monkeypatch.setattr(peak, "_PEAKS", {})
+    _no_measuring(monkeypatch)
+    assert peak.matmul_peak(cpu, torch.float32).gflops == 176.0  # the cache holds the new figure
+
+
+def test_a_run_below_the_peak_measures_nothing(peak_cache, monkeypatch):
+    _measures(monkeypatch, 900.0)
+    peak.matmul_peak(torch.device("cpu"), torch.bfloat16)
+    _no_measuring(monkeypatch)
+    found, why = peak.recheck(torch.device("cpu"), torch.bfloat16, achieved_gflops=899.0)
+    assert found.gflops == 900.0 and why is None
+
+
+def test_when_the_new_probe_is_no_higher_the_peak_stays_and_the_count_is_named(peak_cache, monkeypatch):
+    cpu = torch.device("cpu")
+    readings = iter([_peak(900.0), _peak(300.0, load=50.0)])  # the second one on a busy machine
+    monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: next(readings))
+    peak.matmul_peak(cpu, torch.bfloat16)
+    found, why = peak.recheck(cpu, torch.bfloat16, achieved_gflops=1000.0)
+    assert found.gflops == 900.0 and "not higher" in why and "100%" in why
+    _no_measuring(monkeypatch)
+    assert peak.matmul_peak(cpu, torch.bfloat16).gflops == 900.0  # the busy figure did not replace it here
+
+
+def test_the_run_summary_measures_a_stale_peak_again(tiny_llama, alpaca_file, tmp_path, peak_cache, monkeypatch):
+    from dianjing.train.loop import train
+    from tests.helpers import sft_config
+
+    readings = iter([_peak(1e-6, dtype="fp32"), _peak(1e6, dtype="fp32")])  # stale: any run beats 1e-6
+    calls = []
+    monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: calls.append(1) or next(readings))
+    said = []
+    _, summary = train(sft_config(tiny_llama, alpaca_file, tmp_path / "run", "train.max_steps=2",
+                                  "model.precision=fp32"), log=said.append)
+    assert calls == [1, 1] and summary["matmul_peak_gflops"] == 1e6 and summary["mfu"] < 1e-3
+    assert any("measured again" in str(s) for s in said)

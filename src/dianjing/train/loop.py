@@ -25,7 +25,7 @@ from dianjing.data.batching import epoch_order, split_padded
 from dianjing.errors import DianjingError
 from dianjing.models.adapters import resolve_auto
 from dianjing.models.load import load_tokenizer, resolve_model
-from dianjing.peak import peak_gflops
+from dianjing.peak import peak_gflops, recheck
 from dianjing.routes import GENERATIVE, builder_for
 from dianjing.run_folder import RunFolder
 from dianjing.train import checkpoint as ckpt
@@ -380,12 +380,19 @@ class Trainer:
         """Where the run computed, its peak device memory, and MFU against the device's measured matmul peak."""
         dev, dtype = self.device, self.precision.dtype
         flops = self.setup.flops_per_token * state["tokens"] + self.setup.flops_per_target * state["supervised_tokens"]
-        peak = peak_gflops(dev, dtype) * 1e9 * self.world.size
+        rate = flops / max(1e-9, state["elapsed_s"])
+        if self.world.many:  # the ranks would probe at once, sharing the device or the host
+            peak = peak_gflops(dev, dtype) * 1e9 * self.world.size
+        else:  # a count above the cached peak says the peak is stale: measured again (seconds) before MFU
+            found, why = recheck(dev, dtype, rate / 1e9)
+            if why:
+                self.log(why)
+            peak = found.gflops * 1e9
         return {"device": str(dev) if not self.world.many else dev.type, "device_name": precision.device_name(dev),
                 "processes": self.world.size, "parallel": self.engine.mode,
                 "peak_device_memory_mb": precision.peak_device_memory_mb(dev),
                 "matmul_peak_gflops": round(peak / 1e9, 1),
-                "mfu": round(flops / max(1e-9, state["elapsed_s"]) / peak, 4)}
+                "mfu": round(rate / peak, 4)}
 
 
 def _fault_point(name: str, rank: int, step: int) -> None:
