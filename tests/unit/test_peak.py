@@ -69,6 +69,16 @@ def test_a_corrupt_or_foreign_cache_is_measured_again_not_a_crash(peak_cache, mo
     assert len(calls) == 4 and peak._peak_from(peak._read_peaks(peak_cache)[key]) is not None
 
 
+def test_a_busy_remeasure_does_not_lower_this_processs_peak(peak_cache, monkeypatch):
+    readings = iter([_peak(900.0), _peak(300.0, load=50.0)])  # the second probe on a busy machine
+    monkeypatch.setattr(peak, "measure_peak", lambda *a, **k: next(readings))
+    cpu = torch.device("cpu")
+    peak.matmul_peak(cpu, torch.bfloat16)
+    assert peak.matmul_peak(cpu, torch.bfloat16, remeasure=True).gflops == 900.0
+    _no_measuring(monkeypatch)
+    assert peak.matmul_peak(cpu, torch.bfloat16).gflops == 900.0
+
+
 def test_remeasuring_is_forced_by_the_environment_or_the_argument(peak_cache, monkeypatch):
     calls = _measures(monkeypatch)
     peak.matmul_peak(torch.device("cpu"), torch.bfloat16)
