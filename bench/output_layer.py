@@ -51,7 +51,7 @@ def parts(w: torch.Tensor, h: torch.Tensor, y: torch.Tensor, repeat: int, softma
     """One chunk's pieces, timed apart: the logits product, the input-gradient product, the elementwise work
     (the softmax and its gradient, as loss.py runs them: in PyTorch, or in the C kernel)."""
     vocab, m = w.shape[0], h.shape[0]
-    zl = torch.empty(vocab, m, dtype=torch.bfloat16)
+    zl = torch.empty(vocab, m, dtype=w.dtype)
     z = torch.empty(vocab, m, dtype=torch.float32)
     t = torch.empty(vocab, m, dtype=torch.float32)
     cols = torch.arange(m)
@@ -108,6 +108,9 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, nargs="+", default=[25, 26, 27],
                     help="CHUNK_ELEMENTS as powers of two (default 25 26 27; the loss uses 26)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
+                    help="the weights' and hidden states' dtype (default bf16; fp32 is what precision auto trains in "
+                         "where bf16 products are not faster, e.g. an AVX2-only CPU)")
     ap.add_argument("--softcap", type=float, default=30.0,
                     help="the logit soft-cap (default 30, Gemma 3's final_logit_softcapping; 0 for none)")
     ap.add_argument("--softmax", nargs="+", choices=["pytorch", "kernel"], default=["pytorch", "kernel"],
@@ -123,14 +126,15 @@ def main() -> int:
     from dianjing.peak import matmul_peak
 
     torch.manual_seed(0)
-    peak = matmul_peak(torch.device("cpu"), torch.bfloat16)
+    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    peak = matmul_peak(torch.device("cpu"), dtype)
     peak_gflops = peak.gflops
-    print(f"load average {os.getloadavg()[0]:.2f}, threads {torch.get_num_threads()}, bf16 matmul peak "
+    print(f"load average {os.getloadavg()[0]:.2f}, threads {torch.get_num_threads()}, {args.dtype} matmul peak "
           f"{peak_gflops:.0f} GFLOP/s", flush=True)
-    w = (torch.randn(args.vocab, args.hidden) * 0.02).to(torch.bfloat16)
-    out = {"vocab": args.vocab, "hidden": args.hidden, "peak_gflops": peak_gflops, "runs": []}
+    w = (torch.randn(args.vocab, args.hidden) * 0.02).to(dtype)
+    out = {"vocab": args.vocab, "hidden": args.hidden, "dtype": args.dtype, "peak_gflops": peak_gflops, "runs": []}
     for n in args.rows:
-        h = torch.randn(n, args.hidden, dtype=torch.bfloat16, requires_grad=True)
+        h = torch.randn(n, args.hidden, dtype=dtype, requires_grad=True)
         y = torch.randint(0, args.vocab, (n,))
         flops = 2 * 2 * args.vocab * args.hidden * n  # logits product + input-gradient product
         ref = None
