@@ -317,6 +317,10 @@ class Trainer:
         for a, (b, weight) in enumerate(batches):
             with self.engine.sync(last=a == len(batches) - 1):
                 loss_sum, _ = self._forward(b)
+                if self.device.type == "cpu":
+                    # the forward's freed blocks go back to the OS before the backward, where memory peaks:
+                    # ~0.1 GiB of Gemma's fp32 peak for a few ms (bench/results/2026-12-03-epyc-avx2-logits-release-ab.txt)
+                    return_freed_memory()
                 ((loss_sum / max(1, n_targets)) * weight).backward()
             total_loss += weight * loss_sum.detach().double()  # one host sync per step, not per micro-batch
         (total,) = self.world.sum(float(total_loss))

@@ -88,11 +88,15 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
 
 
 def _reference(z: torch.Tensor, y: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the kernel computes, in PyTorch: per-column losses and d loss / d logits ([vocab, rows] layout)."""
-    z = z.float().t().detach().requires_grad_(True)
-    x = torch.tanh(z / cap) * cap if cap else z
-    losses = torch.nn.functional.cross_entropy(x, y, reduction="none")
-    losses.sum().backward()
+    """What the kernel computes, in PyTorch: per-column losses and d loss / d logits ([vocab, rows] layout).
+
+    Grad mode is switched on here: the first check can run inside the loss's own autograd forward
+    (where it is off), and would otherwise fail there."""
+    with torch.enable_grad():
+        z = z.float().t().detach().requires_grad_(True)
+        x = torch.tanh(z / cap) * cap if cap else z
+        losses = torch.nn.functional.cross_entropy(x, y, reduction="none")
+        losses.sum().backward()
     return losses.detach(), z.grad.t()
 
 

@@ -74,6 +74,15 @@ def test_built_once_into_the_cache_then_reused(fresh):
     assert built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
 
 
+@needs_cc
+def test_the_first_check_can_run_inside_the_losss_own_forward(fresh):
+    """The first call of the fused loss builds and checks the kernel inside an autograd forward, where grad
+    mode is off; the check's PyTorch reference switches it on for itself (it used to raise there)."""
+    with torch.no_grad():
+        assert sx.available(), sx.why()
+    assert "C kernel" in sx.why()
+
+
 def test_switched_off_by_the_environment(fresh, monkeypatch):
     monkeypatch.setenv("DIANJING_SOFTMAX_KERNEL", "0")
     assert not sx.available()
