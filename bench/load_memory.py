@@ -42,7 +42,7 @@ def worker(case: str, model: str) -> dict:
     gc.collect()
     out = {"case": case, "imports_mb": round(rss_mb())}
     if case == "tokenizer":
-        from dianjing.train.loop import return_freed_memory
+        from dianjing.train.memory import return_freed_memory
 
         tok = load_tokenizer(path, log=lambda *_: None)
         out["loaded_mb"] = round(rss_mb())

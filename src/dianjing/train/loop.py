@@ -6,12 +6,10 @@ Follow it top to bottom: config → data → model + adapter → loss → steps 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import os
 import random
-import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -27,6 +25,7 @@ from dianjing.models.adapters import resolve_auto
 from dianjing.models.load import load_tokenizer, resolve_model
 from dianjing.peak import peak_gflops, recheck
 from dianjing.routes import GENERATIVE, builder_for
+from dianjing.train.memory import return_freed_memory, set_mmap_threshold
 from dianjing.run_folder import RunFolder
 from dianjing.train import checkpoint as ckpt
 from dianjing.train.compile import eager as compile_eager
@@ -46,35 +45,6 @@ def lr_lambda(total: int, warmup: int, schedule: str):
         frac = min(max(frac, 0.0), 1.0)
         return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
     return f
-
-
-def set_mmap_threshold(mb: float) -> bool:
-    """glibc's mallopt(M_MMAP_THRESHOLD): blocks of at least `mb` MB get their own mapping.
-
-    glibc's default threshold adapts upwards to 32 MB, so the activations of a training step
-    (mostly 1-30 MB each on these models) come from the heap, and the heap fragments: a
-    step's free blocks rarely coalesce into a block the next step can reuse and are not
-    returned to the OS, and resident memory grows step after step. A fixed threshold maps
-    those blocks on their own and unmaps them on free. The cost is the page faults of
-    mapping them again each step. Returns False where there is no glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.mallopt(-3, int(mb * 2**20)) == 1  # M_MMAP_THRESHOLD = -3
-    except (OSError, AttributeError):
-        return False
-
-
-def return_freed_memory() -> bool:
-    """glibc's malloc_trim(0): give the heap's free pages back to the OS, so that what was freed (a
-    large tokenizer's many small blocks) stops counting in the process's memory. False without glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
 
 
 def _new_run_dir(cfg: RunConfig) -> Path:
@@ -317,9 +287,7 @@ class Trainer:
         for a, (b, weight) in enumerate(batches):
             with self.engine.sync(last=a == len(batches) - 1):
                 loss_sum, _ = self._forward(b)
-                if self.device.type == "cpu":
-                    # the forward's freed blocks go back to the OS before the backward, where memory peaks:
-                    # ~0.1 GiB of Gemma's fp32 peak for a few ms (bench/results/2026-12-03-epyc-avx2-logits-release-ab.txt)
+                if self.device.type == "cpu":  # the forward's freed blocks go back before the backward's peak
                     return_freed_memory()
                 ((loss_sum / max(1, n_targets)) * weight).backward()
             total_loss += weight * loss_sum.detach().double()  # one host sync per step, not per micro-batch

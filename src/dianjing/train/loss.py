@@ -10,12 +10,10 @@ The dense path (the model's own forward) is kept as the reference and as a fallb
 
 from __future__ import annotations
 
-import ctypes
-import sys
-
 import torch
 
 from dianjing.train import softmax_xent
+from dianjing.train.memory import huge_pages
 
 CHUNK_ELEMENTS = 1 << 26  # logits computed per chunk: vocab × rows ≤ 64M floats (256 MB)
 REUSE_CPU_BUFFERS = True  # False runs the accelerator branch (plain tensors per chunk) on the CPU: its test
@@ -25,23 +23,6 @@ REUSE_CPU_BUFFERS = True  # False runs the accelerator branch (plain tensors per
 # computing all of them under a materialised [batch, 1, L, L] mask (bench/attention.py).
 DROP_RIGHT_PADDING_MASK = True
 USE_KERNEL = True  # False runs the CPU branch's softmax in PyTorch (its test, and bench/output_layer.py's baseline)
-
-
-def _huge_pages(t: torch.Tensor) -> None:
-    """Ask Linux to back a fresh, untouched block with 2 MB pages (madvise MADV_HUGEPAGE), where
-    transparent huge pages are on for blocks that ask (the common "madvise" setting): a 256 MB logits
-    block then costs 128 page faults per call instead of 65k. No effect elsewhere, never an error."""
-    if not sys.platform.startswith("linux"):
-        return
-    size, page = t.numel() * t.element_size(), 1 << 21
-    start = -(-t.data_ptr() // page) * page
-    end = (t.data_ptr() + size) // page * page
-    if end - start < page:
-        return
-    try:
-        ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)  # MADV_HUGEPAGE
-    except (OSError, AttributeError):
-        pass
 
 
 def _buffer(blocks: dict, rows: int, cols: int, dtype: torch.dtype, slot: int, capacity: int) -> torch.Tensor:
@@ -56,7 +37,7 @@ def _buffer(blocks: dict, rows: int, cols: int, dtype: torch.dtype, slot: int, c
     key = (dtype, slot)
     if key not in blocks:
         blocks[key] = torch.empty(capacity, dtype=dtype)
-        _huge_pages(blocks[key])
+        huge_pages(blocks[key])
     return blocks[key][: rows * cols].view(rows, cols)
 
 

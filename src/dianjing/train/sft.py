@@ -150,7 +150,7 @@ def release_tokenizer(ctx: Context) -> dict[str, bytes]:
     import tempfile
     from pathlib import Path
 
-    from dianjing.train.loop import return_freed_memory
+    from dianjing.train.memory import return_freed_memory
 
     with tempfile.TemporaryDirectory(prefix="dianjing-tokenizer-") as tmp:
         ctx.tokenizer.save_pretrained(tmp)

@@ -9,7 +9,7 @@ from dianjing.config import load_config
 
 SCRIPT = r"""
 import sys, psutil, torch
-from dianjing.train.loop import set_mmap_threshold
+from dianjing.train.memory import set_mmap_threshold
 if sys.argv[1] == "set":
     assert set_mmap_threshold(4)
 rss = lambda: psutil.Process().memory_info().rss / 2**20
@@ -84,6 +84,7 @@ def test_logits_blocks_ask_for_huge_pages():
     import torch
 
     from dianjing.train import loss as L
+    from dianjing.train.memory import huge_pages
 
     def anon_huge_kb(t) -> int:
         lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
@@ -101,7 +102,7 @@ def test_logits_blocks_ask_for_huge_pages():
     t = L._buffer(blocks, 64, 2**16, torch.float32, 0, 64 * 2**16)  # 16 MB
     t.fill_(1.0)
     assert anon_huge_kb(t) > 0 or _thp_mode() == "always"
-    L._huge_pages(torch.empty(3))  # smaller than a huge page: nothing to advise, no error
+    huge_pages(torch.empty(3))  # smaller than a huge page: nothing to advise, no error
 
 
 def test_the_heap_is_trimmed_before_each_backward_on_cpu(tiny_llama, alpaca_file, tmp_path, monkeypatch):
