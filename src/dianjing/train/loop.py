@@ -25,12 +25,12 @@ from dianjing.models.adapters import resolve_auto
 from dianjing.models.load import load_tokenizer, resolve_model
 from dianjing.peak import peak_gflops, recheck
 from dianjing.routes import GENERATIVE, builder_for
-from dianjing.train.memory import return_freed_memory, set_mmap_threshold
 from dianjing.run_folder import RunFolder
 from dianjing.train import checkpoint as ckpt
 from dianjing.train.compile import eager as compile_eager
 from dianjing.train.compile import find_blocks
 from dianjing.train.distributed import Engine, World, choose, remap_groups, share
+from dianjing.train.memory import return_freed_memory, set_mmap_threshold
 from dianjing.train.setup import Context
 from dianjing.train.progress import Progress, Silent
 

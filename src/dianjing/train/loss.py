@@ -72,7 +72,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         cd = torch.bfloat16 if torch.bfloat16 in (weight.dtype, h.dtype) else torch.float32
         low = cd != torch.float32
         wc = weight.to(cd)
-        cap = vocab * min(n, chunk)  # the blocks are this call's: no larger than its biggest chunk
+        cap = vocab * chunk  # the blocks are this call's: no larger than its biggest chunk
         blocks: dict = {}
         for s in range(0, n, chunk):
             hc, yc = h[s:s + chunk].to(cd), targets[s:s + chunk]  # the logits product and weight gradient share it

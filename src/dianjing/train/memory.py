@@ -10,9 +10,27 @@ tokenizer is let go). Each is a no-op where there is no glibc or no Linux.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 import torch
+
+
+@functools.cache
+def _libc():
+    """The C library, once per process; None where there is no glibc (not Linux, or no libc.so.6)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _call(name: str, *args) -> int | None:
+    """libc's `name`(*args), or None where there is no such function."""
+    fn = getattr(_libc(), name, None)
+    return None if fn is None else fn(*args)
 
 
 def set_mmap_threshold(mb: float) -> bool:
@@ -24,38 +42,21 @@ def set_mmap_threshold(mb: float) -> bool:
     returned to the OS, and resident memory grows step after step. A fixed threshold maps
     those blocks on their own and unmaps them on free. The cost is the page faults of
     mapping them again each step. Returns False where there is no glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.mallopt(-3, int(mb * 2**20)) == 1  # M_MMAP_THRESHOLD = -3
-    except (OSError, AttributeError):
-        return False
+    return _call("mallopt", -3, int(mb * 2**20)) == 1  # M_MMAP_THRESHOLD = -3
 
 
 def return_freed_memory() -> bool:
     """glibc's malloc_trim(0): give the heap's free pages back to the OS, so that what was freed (a
     large tokenizer's many small blocks) stops counting in the process's memory. False without glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    return bool(_call("malloc_trim", 0))
 
 
 def huge_pages(t: torch.Tensor) -> None:
     """Ask Linux to back a fresh, untouched block with 2 MB pages (madvise MADV_HUGEPAGE), where
     transparent huge pages are on for blocks that ask (the common "madvise" setting): a 256 MB logits
     block then costs 128 page faults per call instead of 65k. No effect elsewhere, never an error."""
-    if not sys.platform.startswith("linux"):
-        return
     size, page = t.numel() * t.element_size(), 1 << 21
     start = -(-t.data_ptr() // page) * page
     end = (t.data_ptr() + size) // page * page
-    if end - start < page:
-        return
-    try:
-        ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)  # MADV_HUGEPAGE
-    except (OSError, AttributeError):
-        pass
+    if end - start >= page:
+        _call("madvise", ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)  # MADV_HUGEPAGE
