@@ -65,6 +65,20 @@ def _restore_torch_threads():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _restore_huge_pages_env():
+    """A Trainer sets THP_MEM_ALLOC_ENABLE in os.environ (train.huge_pages); take it back after each
+    test, so that the subprocesses of later tests start with the environment they would have had."""
+    import os
+
+    before = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    yield
+    if before is None:
+        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+    else:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = before
+
+
 @pytest.fixture
 def peak_cache(tmp_path, monkeypatch):
     """peak.json in a temporary cache, no peaks in this process, no forced re-measuring (dianjing.peak)."""

@@ -201,6 +201,10 @@ class TrainConfig(_Strict):
         "on their own, so freed activations go back to the OS instead of fragmenting the heap (~30% lower "
         "peak memory for ~9% time on SmolLM2, bench/sft_vs_trl.py); 4 holds less again (fp32 Gemma 3 270M "
         "2.7 -> 2.3 GiB at no measured cost, but SmolLM2 ~20% slower); null keeps glibc's adaptive default")
+    huge_pages: bool = Field(
+        True, description="Linux: PyTorch's CPU blocks of 2 MB and more use transparent huge pages "
+        "(THP_MEM_ALLOC_ENABLE=1, set before the model loads), so a fresh activation costs a page fault per "
+        "2 MB instead of per 4 KB (bench/sft_vs_trl.py, docs/benchmarks.md); false leaves PyTorch's default")
     max_bad_steps: int = Field(5, ge=1, description="stop after this many NaN/inf steps in a row")
     parallel: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="under torchrun: ddp (adapters; full fine-tuning that fits one device) or fsdp "

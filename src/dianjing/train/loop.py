@@ -30,7 +30,7 @@ from dianjing.train import checkpoint as ckpt
 from dianjing.train.compile import eager as compile_eager
 from dianjing.train.compile import find_blocks
 from dianjing.train.distributed import Engine, World, choose, remap_groups, share
-from dianjing.train.memory import return_freed_memory, set_mmap_threshold
+from dianjing.train.memory import return_freed_memory, set_mmap_threshold, torch_huge_pages
 from dianjing.train.setup import Context
 from dianjing.train.progress import Progress, Silent
 
@@ -88,6 +88,9 @@ class Trainer:
             torch.set_num_threads(t.threads)
         if t.malloc_mmap_threshold_mb and not set_mmap_threshold(t.malloc_mmap_threshold_mb):
             log("train.malloc_mmap_threshold_mb: not a glibc system, the setting has no effect here")
+        if t.huge_pages:
+            on, why = torch_huge_pages()
+            log(f"memory: {why}" if on else f"train.huge_pages: no effect here ({why})")
         random.seed(t.seed)
         torch.manual_seed(t.seed)
 

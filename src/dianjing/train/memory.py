@@ -1,5 +1,10 @@
 """Where the CPU's memory goes back to the OS: glibc's heap settings, trimming, and huge pages.
 
+A training step on the CPU makes and frees many large blocks (activations, attention scores): each
+fresh block is page-faulted in by the kernel, which on 4 KB pages costs more than the kernels that
+fill it. PyTorch can ask for 2 MB pages for its own large blocks (`torch_huge_pages`, the loop turns
+it on before the model is loaded).
+
 A training step on the CPU peaks in its backward. What is resident there is the weights, the live
 activations, and whatever the allocator kept: free heap chunks that were never returned, and large
 blocks backed by 4 KB pages. These helpers are used by the loop (the threshold, a trim before each
@@ -11,7 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -60,3 +67,68 @@ def huge_pages(t: torch.Tensor) -> None:
     end = (t.data_ptr() + size) // page * page
     if end - start >= page:
         _call("madvise", ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)  # MADV_HUGEPAGE
+
+
+THP_ENV = "THP_MEM_ALLOC_ENABLE"  # read by PyTorch's CPU allocator (c10 alloc_cpu) at its first block of 2 MB+
+_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def thp_mode(path: Path = _THP_MODE) -> str | None:
+    """Linux's transparent huge page mode: always, madvise or never; None where it cannot be read."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    picked = [w[1:-1] for w in text.split() if w.startswith("[") and w.endswith("]")]
+    return picked[0] if picked else None
+
+
+def huge_page_kb(t: torch.Tensor, smaps: str = "/proc/self/smaps") -> int:
+    """How much of a tensor's block is backed by 2 MB pages (AnonHugePages of the mappings it spans)."""
+    lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    kb, inside = 0, False
+    try:
+        with open(smaps) as f:
+            for line in f:
+                head = line.split(maxsplit=1)[0]
+                if "-" in head and not head.endswith(":"):
+                    a, b = (int(x, 16) for x in head.split("-"))
+                    inside = a < hi and b > lo
+                elif inside and head == "AnonHugePages:":
+                    kb += int(line.split()[1])
+    except OSError:
+        return 0
+    return kb
+
+
+def _torch_blocks_get_huge_pages() -> bool:
+    """Whether a fresh 32 MB PyTorch block, once touched, is backed by 2 MB pages."""
+    t = torch.empty(32 << 20, dtype=torch.uint8)
+    t.fill_(1)
+    return huge_page_kb(t) > 0
+
+
+def torch_huge_pages() -> tuple[bool, str]:
+    """Turn on PyTorch's 2 MB pages for its CPU blocks of 2 MB and more (THP_MEM_ALLOC_ENABLE=1: it
+    advises MADV_HUGEPAGE for each). A fresh 75 MB block of attention scores then costs
+    38 page faults instead of 19k: filling one took 27 ms on 4 KB pages and 4 ms on 2 MB pages
+    (2-core EPYC, 2026-12-04). Returns whether it is on, and why (for the log).
+
+    PyTorch reads the variable once, at its first large block, so this must run before the model is
+    loaded; a process that already made one is told to set the variable before Python starts. A value
+    the user set is left as it is."""
+    if not sys.platform.startswith("linux"):
+        return False, "not Linux"
+    mode = thp_mode()
+    if mode == "always":
+        return True, "2 MB pages for large blocks (transparent huge pages: always, for every process)"
+    if mode == "never":
+        return False, "transparent huge pages are off on this system (/sys/kernel/mm/transparent_hugepage/enabled: never)"
+    if os.environ.get(THP_ENV, "1") != "1":
+        return False, f"{THP_ENV}={os.environ[THP_ENV]} in the environment, left as it is"
+    os.environ.setdefault(THP_ENV, "1")
+    if not _torch_blocks_get_huge_pages():
+        return False, (f"a test block got no 2 MB pages: PyTorch reads {THP_ENV} once, at its first large block, "
+                       f"and had made one before this run set it (set {THP_ENV}=1 in the environment before "
+                       "Python starts), or the kernel had no free 2 MB pages")
+    return True, f"2 MB pages for PyTorch's large CPU blocks ({THP_ENV}=1, transparent huge pages: {mode})"

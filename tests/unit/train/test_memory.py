@@ -70,11 +70,9 @@ def test_logits_blocks_do_not_outlive_the_call(monkeypatch):
 
 
 def _thp_mode() -> str:
-    try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        return "none"
-    return text.split("[")[1].split("]")[0]
+    from dianjing.train.memory import thp_mode
+
+    return thp_mode() or "none"
 
 
 @pytest.mark.skipif(_thp_mode() not in ("always", "madvise"), reason="transparent huge pages are off here")
@@ -84,24 +82,12 @@ def test_logits_blocks_ask_for_huge_pages():
     import torch
 
     from dianjing.train import loss as L
-    from dianjing.train.memory import huge_pages
-
-    def anon_huge_kb(t) -> int:
-        lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
-        kb, inside = 0, False
-        for line in open("/proc/self/smaps"):
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                a, b = (int(x, 16) for x in head.split("-"))
-                inside = a < hi and b > lo
-            elif inside and head == "AnonHugePages:":
-                kb += int(line.split()[1])
-        return kb
+    from dianjing.train.memory import huge_page_kb, huge_pages
 
     blocks: dict = {}
     t = L._buffer(blocks, 64, 2**16, torch.float32, 0, 64 * 2**16)  # 16 MB
     t.fill_(1.0)
-    assert anon_huge_kb(t) > 0 or _thp_mode() == "always"
+    assert huge_page_kb(t) > 0 or _thp_mode() == "always"
     huge_pages(torch.empty(3))  # smaller than a huge page: nothing to advise, no error
 
 
@@ -118,3 +104,64 @@ def test_the_heap_is_trimmed_before_each_backward_on_cpu(tiny_llama, alpaca_file
     calls.clear()  # setup trims once after loading the tokenizer
     trainer.run()
     assert len(calls) == 4  # 2 steps x 2 micro-batches
+
+
+HUGE = r"""
+import os, sys, torch
+from dianjing.train.memory import torch_huge_pages
+if sys.argv[1] == "late":
+    torch.empty(4 << 20, dtype=torch.uint8)  # a large block before the setting: PyTorch has read it
+on, why = torch_huge_pages()
+from dianjing.train.memory import huge_page_kb
+x = torch.empty(64 << 20, dtype=torch.uint8)
+x.fill_(1)
+print(on, huge_page_kb(x) > 0, os.environ.get("THP_MEM_ALLOC_ENABLE"), why, sep="|")
+"""
+
+
+def _huge(mode: str, **env) -> list[str]:
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
+    out = subprocess.run([sys.executable, "-c", HUGE, mode], capture_output=True, text=True, check=True,
+                         env=environ)
+    return out.stdout.strip().split("|")
+
+
+@pytest.mark.skipif(_thp_mode() != "madvise", reason="transparent huge pages are not per-block (madvise) here")
+def test_torch_huge_pages_turns_on_pytorchs_2mb_blocks_before_the_first_large_block():
+    on, aligned, env, _ = _huge("early")
+    assert (on, aligned, env) == ("True", "True", "1")
+    # too late: PyTorch already read the variable; said so, with what to do
+    on, aligned, env, why = _huge("late")
+    assert (on, aligned) == ("False", "False")
+    assert "before Python starts" in why and env == "1"
+    # the user's own value stays
+    on, aligned, env, why = _huge("early", THP_MEM_ALLOC_ENABLE="0")
+    assert (on, aligned, env) == ("False", "False", "0") and "left as it is" in why
+
+
+def test_thp_mode_reads_the_bracketed_choice(tmp_path):
+    from dianjing.train.memory import thp_mode
+
+    f = tmp_path / "enabled"
+    f.write_text("always [madvise] never\n")
+    assert thp_mode(f) == "madvise"
+    f.write_text("[never]\n")
+    assert thp_mode(f) == "never"
+    assert thp_mode(tmp_path / "missing") is None
+
+
+def test_the_trainer_asks_for_huge_pages_unless_switched_off(tiny_llama, alpaca_file, tmp_path, monkeypatch):
+    from dianjing.train import loop
+    from tests.helpers import sft_config
+
+    calls = []
+    monkeypatch.setattr(loop, "torch_huge_pages", lambda: calls.append(1) or (True, "2 MB pages"))
+    lines = []
+    loop.Trainer(sft_config(tiny_llama, alpaca_file, tmp_path / "on", "train.max_steps=1"), tmp_path / "on",
+                 log=lines.append)
+    assert calls == [1] and "memory: 2 MB pages" in lines
+    loop.Trainer(sft_config(tiny_llama, alpaca_file, tmp_path / "off", "train.max_steps=1",
+                            "train.huge_pages=false"), tmp_path / "off", log=lines.append)
+    assert calls == [1]
