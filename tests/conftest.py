@@ -65,18 +65,24 @@ def _restore_torch_threads():
     torch.set_num_threads(n)
 
 
+_HUGE_PAGES_ENV = os.environ.get("THP_MEM_ALLOC_ENABLE")  # as the suite was started
+
+
 @pytest.fixture(autouse=True)
 def _restore_huge_pages_env():
-    """A Trainer sets THP_MEM_ALLOC_ENABLE in os.environ (train.huge_pages); take it back after each
-    test, so that the subprocesses of later tests start with the environment they would have had."""
-    import os
+    """A Trainer sets THP_MEM_ALLOC_ENABLE in os.environ (train.huge_pages), session fixtures included:
+    every test starts, and leaves, with the value the suite was started with, so that the subprocesses
+    of a test see the environment they would have had."""
 
-    before = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    def restore():
+        if _HUGE_PAGES_ENV is None:
+            os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+        else:
+            os.environ["THP_MEM_ALLOC_ENABLE"] = _HUGE_PAGES_ENV
+
+    restore()
     yield
-    if before is None:
-        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
-    else:
-        os.environ["THP_MEM_ALLOC_ENABLE"] = before
+    restore()
 
 
 @pytest.fixture

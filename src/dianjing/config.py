@@ -83,12 +83,13 @@ class ModelConfig(_Strict):
         "auto", pattern=DEVICE_PATTERN,
         description="auto (CUDA when present, one GPU per process under torchrun; else MPS; else the CPU) | cpu "
                     "| cuda | cuda:N | mps; a run pins what auto resolved to")
-    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
+    attn_implementation: Literal["auto", "sdpa", "eager", "written_out", "flex_attention", "flash_attention_2"] = Field(
         "auto", description="attention kernel. auto: sdpa, except where the blocks are compiled on a CPU: there "
-                            "the model's eager (written-out) attention, which inductor fuses into the block, "
-                            "trained Gemma 3 270M 6–30% faster than SDPA's CPU flash kernel (bench/sft_vs_trl.py, "
-                            "2026-12-02); a run pins what auto chose. Else PyTorch's scaled_dot_product_attention, "
-                            "the model's eager code, "
+                            "written_out (dianjing's written-out attention, which inductor fuses into the block: "
+                            "no copy of K and V per query head, a softmax that keeps only its output; faster than "
+                            "SDPA's CPU flash kernel and than the model's eager code, bench/attention.py), or the "
+                            "model's eager code where its attention takes other inputs; a run pins what auto "
+                            "chose. Else PyTorch's scaled_dot_product_attention, the model's eager code, "
                             "flex attention (block masks: packed batches skip the blocks between examples) or "
                             "FlashAttention 2 (needs the flash-attn package and a GPU)")
     random_init: bool = Field(

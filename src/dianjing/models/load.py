@@ -245,6 +245,7 @@ def load_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False, a
     from transformers import AutoModelForCausalLM
 
     refuse_pickle_weights(path)
+    _register(attn)
     weights = low_precision_copy(path, dtype, log=log)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -265,8 +266,18 @@ def random_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False,
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read a model config from {path}: {e}") from None
+    _register(attn)
     return AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code,
                                             attn_implementation=attn)
+
+
+def _register(attn: str) -> None:
+    """dianjing's own attention (model.attn_implementation: written_out) is known to transformers by name
+    once registered."""
+    from dianjing.models import attention
+
+    if attn == attention.NAME:
+        attention.register()
 
 
 def pick_dtype(precision: str) -> torch.dtype:

@@ -117,27 +117,35 @@ WRITTEN_OUT_MAX_LENGTH = 1024  # its [batch, heads, L, L] scores are kept for ba
 
 
 def written_out_attention(model, compiled: bool, device, max_length: int, log) -> str:
-    """model.attn_implementation auto, once the compile is decided: the model's eager attention where
-    its blocks are compiled on a CPU and rows are at most WRITTEN_OUT_MAX_LENGTH tokens, SDPA elsewhere
-    (longer rows: the scores it keeps for the backward grow as L²). Returns the choice.
+    """model.attn_implementation auto, once the compile is decided: written-out attention where the
+    blocks are compiled on a CPU and rows are at most WRITTEN_OUT_MAX_LENGTH tokens, SDPA elsewhere
+    (longer rows: the scores it keeps for the backward grow as L²). Written out is dianjing's own
+    (`dianjing.models.attention`) where the model's eager attention is the plain computation it
+    replaces, else the model's eager code. Returns the choice.
 
     PyTorch's CPU flash kernel ran Gemma 3's attention (4 heads of 256, L ≤ 512) at a fraction of the
     matmul speed; written out (QKᵀ, mask, softmax, ·V) inside a compiled block, inductor fuses the
     mask and softmax, and the two products run as batched GEMMs: 145 → 79 ms forward and backward at
     L 512 (bench/attention.py), and 6–32% more tokens/s for the whole step (bench/sft_vs_trl.py,
-    2026-12-02, an AMD EPYC without AMX)."""
+    2026-12-02, an AMD EPYC without AMX). dianjing's own skips the model's copies of K and V per query
+    head and the fp32 probabilities its softmax keeps (bench/attention.py, 2026-12-04)."""
+    from dianjing.models import attention
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     now = getattr(base.config, "_attn_implementation", "sdpa")
     if not (compiled and device.type == "cpu") or now != "sdpa" or max_length > WRITTEN_OUT_MAX_LENGTH:
         return now
+    choice = attention.register() if attention.fits(base) else "eager"
     try:
-        base.set_attn_implementation("eager")
+        base.set_attn_implementation(choice)
     except (ValueError, AttributeError, ImportError) as e:  # a model without eager attention keeps SDPA
-        log(f"attention: sdpa (model.attn_implementation auto; eager is not available: {e})")
+        log(f"attention: sdpa (model.attn_implementation auto; {choice} is not available: {e})")
         return now
-    log("attention: eager, written out inside the compiled blocks (model.attn_implementation auto: faster "
-        "than SDPA's CPU kernel here; sdpa to keep it)")
-    return "eager"
+    what = ("dianjing's written-out attention" if choice == attention.NAME
+            else "the model's eager attention, written out")
+    log(f"attention: {choice}, {what} inside the compiled blocks (model.attn_implementation auto: faster than "
+        "SDPA's CPU kernel here; sdpa to keep it)")
+    return choice
 
 
 def release_tokenizer(ctx: Context) -> dict[str, bytes]:

@@ -22,7 +22,10 @@ print(rss() - base)
 
 
 def retained_mb(mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}  # glibc's own behaviour
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip())
 
 
