@@ -1,15 +1,13 @@
-"""Where the CPU's memory goes back to the OS: glibc's heap settings, trimming, and huge pages.
+"""Where the CPU's memory goes: glibc's heap settings, trimming, and huge pages.
 
-A training step on the CPU makes and frees many large blocks (activations, attention scores): each
-fresh block is page-faulted in by the kernel, which on 4 KB pages costs more than the kernels that
-fill it. PyTorch can ask for 2 MB pages for its own large blocks (`torch_huge_pages`, the loop turns
-it on before the model is loaded).
-
-A training step on the CPU peaks in its backward. What is resident there is the weights, the live
-activations, and whatever the allocator kept: free heap chunks that were never returned, and large
-blocks backed by 4 KB pages. These helpers are used by the loop (the threshold, a trim before each
-backward), by the fused loss (its logits blocks ask for 2 MB pages) and by setup (a trim after the
-tokenizer is let go). Each is a no-op where there is no glibc or no Linux.
+A training step on the CPU makes and frees many large blocks (activations, attention scores), and
+peaks in its backward. Each fresh block is page-faulted in by the kernel, which on 4 KB pages costs
+more than the kernels that fill it; what stays resident at the peak is the weights, the live
+activations, and whatever the allocator kept (free heap chunks never returned). These helpers are
+used by the loop (2 MB pages for PyTorch's large blocks before the model loads, the mmap threshold,
+a trim before each backward), by the fused loss (its logits blocks ask for 2 MB pages themselves, for
+runs where PyTorch's own huge pages are off) and by setup (a trim after the tokenizer is let go).
+Each is a no-op where there is no glibc or no Linux.
 """
 
 from __future__ import annotations

@@ -21,11 +21,16 @@ print(rss() - base)
 """
 
 
-def retained_mb(mode: str) -> float:
+def _env(**extra) -> dict:
+    """This environment without PyTorch's huge-page switch (a fresh process decides it), plus `extra`."""
     import os
 
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}  # glibc's own behaviour
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env=env)
+    return {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | extra
+
+
+def retained_mb(mode: str) -> float:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True,
+                         env=_env())  # glibc's own behaviour
     return float(out.stdout.strip())
 
 
@@ -123,11 +128,8 @@ print(on, huge_page_kb(x) > 0, os.environ.get("THP_MEM_ALLOC_ENABLE"), why, sep=
 
 
 def _huge(mode: str, **env) -> list[str]:
-    import os
-
-    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
     out = subprocess.run([sys.executable, "-c", HUGE, mode], capture_output=True, text=True, check=True,
-                         env=environ)
+                         env=_env(**env))
     return out.stdout.strip().split("|")
 
 
