@@ -87,7 +87,7 @@ class ModelConfig(_Strict):
         "auto", description="attention kernel. auto: sdpa, except where the blocks are compiled on a CPU: there "
                             "written_out (dianjing's written-out attention, which inductor fuses into the block: "
                             "no copy of K and V per query head, a softmax that keeps only its output; faster than "
-                            "SDPA's CPU flash kernel and than the model's eager code, bench/attention.py), or the "
+                            "SDPA's CPU flash kernel and than the model's eager code at SmolLM2's shapes, docs/benchmarks.md), or the "
                             "model's eager code where its attention takes other inputs; a run pins what auto "
                             "chose. Else PyTorch's scaled_dot_product_attention, the model's eager code, "
                             "flex attention (block masks: packed batches skip the blocks between examples) or "

@@ -128,7 +128,7 @@ def written_out_attention(model, compiled: bool, device, max_length: int, log) -
     mask and softmax, and the two products run as batched GEMMs: 145 → 79 ms forward and backward at
     L 512 (bench/attention.py), and 6–32% more tokens/s for the whole step (bench/sft_vs_trl.py,
     2026-12-02, an AMD EPYC without AMX). dianjing's own skips the model's copies of K and V per query
-    head and the fp32 probabilities its softmax keeps (bench/attention.py, 2026-12-04)."""
+    head and the fp32 probabilities its softmax keeps (docs/benchmarks.md, 2026-12-04)."""
     from dianjing.models import attention
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
