@@ -225,6 +225,9 @@ def main() -> None:
                     help="extra dianjing config for lever experiments, e.g. model.gradient_checkpointing=true")
     ap.add_argument("--sides", nargs="+", choices=["dianjing", "trl"], default=["dianjing", "trl"],
                     help="run only one side (lever experiments); ratios need both")
+    ap.add_argument("--trl-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for TRL's worker only, e.g. THP_MEM_ALLOC_ENABLE=1 (the 2 MB pages dianjing "
+                         "asks for by default, train.huge_pages): TRL as it runs with the same variable")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -277,8 +280,11 @@ def main() -> None:
             for rep in range(args.reps):
                 for side in args.sides:
                     print(f"[{workload}] round {rep + 1}: {side} …", flush=True)
+                    env = dict(os.environ)
+                    if side == "trl":
+                        env.update(kv.split("=", 1) for kv in args.trl_env)
                     p = subprocess.run([sys.executable, __file__, "--worker", side, str(sp)],
-                                       capture_output=True, text=True)
+                                       capture_output=True, text=True, env=env)
                     line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
                     if p.returncode != 0 or not line:
                         print(p.stderr[-3000:])
@@ -311,7 +317,8 @@ def main() -> None:
         print(f"\n{workload} on {args.model}: {len(examples)} examples, batch {args.batch_size}, "
               f"max_length {args.max_length}, {args.steps} steps, LoRA r16/α32 all linear, {args.precision}, "
               f"{'file order' if args.order == 'file' else 'length-grouped batches'}; "
-              f"TRL {__import__('trl').__version__} defaults otherwise (gradient checkpointing on); "
+              f"TRL {__import__('trl').__version__} defaults otherwise (gradient checkpointing on)"
+              f"{' with ' + ' '.join(args.trl_env) if args.trl_env else ''}; "
               f"dianjing defaults{' + ' + ' '.join(args.dianjing_set) if args.dianjing_set else ''}")
         print(f"{'':10} {'tokens/s':>9} {'sup tok/s':>9} {'s/step':>7} {'peak RSS':>9} {'MFU':>6} {'1st step':>8}  losses")
         for side, r in best.items():
@@ -331,7 +338,7 @@ def main() -> None:
             "ratio_peak_rss": round(d["peak_rss_mb"] / t["peak_rss_mb"], 3),
             "mfu": round(d["mfu"], 4), "trl_mfu": round(t["mfu"], 4), "loss_max_abs_diff": diff,
             "dianjing_first_step_s": round(d["first_step_s"], 1), "trl_first_step_s": round(t["first_step_s"], 1),
-            "dianjing_set": args.dianjing_set, "dianjing_losses": d["losses"], "trl_losses": t["losses"],
+            "dianjing_set": args.dianjing_set, "trl_env": args.trl_env, "dianjing_losses": d["losses"], "trl_losses": t["losses"],
             "peak_gflops_fp32": round(peak32, 1), "peak_gflops_bf16": round(peak16, 1),
             "peak_shape_bf16": p16.label, "peak_family": used.family}), flush=True)
 

@@ -97,6 +97,11 @@ class ModelConfig(_Strict):
                            "what pre-training buys (specialists; chat SFT with adapter.method: full)")
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in backward: 12.5 → 4.9 GiB peak for 5% time (Gemma, batch 8×512)")
+    unchecked_blocks: int = Field(
+        0, ge=0, description="selective checkpointing: with gradient_checkpointing on, the last N transformer "
+                             "blocks keep their activations for the backward instead of recomputing them "
+                             "(each saves a forward of one block per step, for its activations' memory; "
+                             "docs/benchmarks.md); more than the model has: all of them")
 
 
 class DataConfig(_Strict):

@@ -287,12 +287,23 @@ def pick_dtype(precision: str) -> torch.dtype:
     return resolve(precision)
 
 
-def enable_checkpointing(model) -> None:
-    """Activation (gradient) checkpointing without re-entrant autograd. transformers 5.x renamed
-    `gradient_checkpointing_enable` to `activation_checkpointing_enable` (the old name warns);
-    models or releases that have only the old name still get it."""
+def enable_checkpointing(model, unchecked: int = 0) -> int:
+    """Activation (gradient) checkpointing without re-entrant autograd, except in the last `unchecked`
+    transformer blocks (model.unchecked_blocks), which keep their activations. Returns how many blocks
+    are left unchecked. transformers 5.x renamed `gradient_checkpointing_enable` to
+    `activation_checkpointing_enable` (the old name warns); models or releases that have only the old
+    name still get it."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if not unchecked:
+        return 0
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    # the last blocks: the backward reaches them first, so their activations are the first let go
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)][-unchecked:]
+    for b in blocks:
+        b.gradient_checkpointing = False
+    return len(blocks)

@@ -211,7 +211,8 @@ def causal_lm(ctx: Context, random_init: bool = False):
                           log=ctx.log)
     base.config.use_cache = False
     if cfg.model.gradient_checkpointing:
-        enable_checkpointing(base)
+        if unchecked := enable_checkpointing(base, cfg.model.unchecked_blocks):
+            ctx.log(f"gradient checkpointing: on, except in the last {unchecked} blocks (model.unchecked_blocks)")
         if hasattr(base, "enable_input_require_grads"):
             base.enable_input_require_grads()
     if not full:
