@@ -15,7 +15,10 @@ at the end (the length-grouped batches' shape: lengths spread over the last quar
   math-compiled  the same under torch.compile: what model.attn_implementation auto runs inside dianjing's
                compiled blocks on a CPU (the model's eager attention, its mask and softmax fused by inductor);
   flex         torch.compile'd flex_attention with a causal + padding block mask, which skips fully masked
-               blocks (the masked half) instead of computing them.
+               blocks (the masked half) instead of computing them (no backward on the CPU in torch 2.13);
+  written-out  dianjing's written-out attention (dianjing.models.attention: one product per KV head, a
+               softmax that keeps only its output) with the additive mask, compiled with dynamic shapes as
+               dianjing compiles its blocks: what model.attn_implementation auto runs on a CPU.
 
 Useful FLOPs count the causal half only: 4 * B * H * L^2 / 2 * D forward, twice that backward. Outputs and
 the query gradient are checked against sdpa-mask on the rows' real positions. Numbers from a loaded machine
@@ -42,7 +45,7 @@ def main() -> int:
     ap.add_argument("--head-dim", type=int, default=256)
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--paths", nargs="+", default=["sdpa-mask", "sdpa-causal", "math", "math-compiled", "flex"])
+    ap.add_argument("--paths", nargs="+", default=["sdpa-mask", "sdpa-causal", "math", "math-compiled", "written-out", "flex"])
     args = ap.parse_args()
     dt = torch.bfloat16
     B, H, K, D = args.batch, args.heads, args.kv_heads, args.head_dim
@@ -79,6 +82,18 @@ def main() -> int:
 
         fns = {"sdpa-mask": sdpa_mask, "sdpa-causal": sdpa_causal, "math": math,
                "math-compiled": torch.compile(math, dynamic=False)}
+        if "written-out" in args.paths:
+            import types
+
+            from dianjing.models.attention import written_out
+
+            additive = torch.zeros(mask.shape, dtype=dt).masked_fill(~mask, torch.finfo(dt).min)
+            module = types.SimpleNamespace(head_dim=D, training=True)
+
+            def interface(q, k, v):  # q [B, H, L, D] in, out [B, L, H, D] as the model's code returns it
+                return written_out(module, q, k, v, additive, scaling=D ** -0.5)[0].transpose(1, 2)
+
+            fns["written-out"] = torch.compile(interface, dynamic=True)
         if "flex" in args.paths:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
