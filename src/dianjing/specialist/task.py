@@ -346,7 +346,8 @@ def build(ctx):
         if hasattr(body, "gradient_checkpointing_enable") or hasattr(body, "activation_checkpointing_enable"):
             from dianjing.models.load import enable_checkpointing
 
-            enable_checkpointing(body)
+            if unchecked := enable_checkpointing(body, cfg.model.unchecked_blocks):
+                log(f"gradient checkpointing: on, except in the last {unchecked} blocks (model.unchecked_blocks)")
     model.train()
     n_trainable, total = count_params(model)
     dtype = str(ctx.precision.dtype).split(".")[-1]
