@@ -298,12 +298,20 @@ def enable_checkpointing(model, unchecked: int = 0) -> int:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if not unchecked:
-        return 0
+    return uncheck_blocks(model, unchecked) if unchecked else 0
+
+
+def uncheck_blocks(model, last: int | None = None) -> int:
+    """Turn whole-block checkpointing off in the last `last` transformer blocks (None: all of them),
+    which then keep their activations for the backward (or, compiled with model.activation_budget, what
+    the compiler chooses). Returns how many blocks that was: 0 where the model's blocks are not
+    transformers' GradientCheckpointingLayer (their checkpointing cannot be turned off per block)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     # the last blocks: the backward reaches them first, so their activations are the first let go
-    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)][-unchecked:]
+    if last is not None:
+        blocks = blocks[-last:]
     for b in blocks:
         b.gradient_checkpointing = False
     return len(blocks)

@@ -69,9 +69,20 @@ def decide(setting: str, model, device: torch.device | None = None) -> tuple[boo
                   "train.compile: off to skip)")
 
 
-def compile_blocks(model) -> int:
-    """Compile every block in place (parameter names and the state dict do not change)."""
+def compile_blocks(model, activation_budget: float | None = None) -> int:
+    """Compile every block in place (parameter names and the state dict do not change).
+
+    `activation_budget` (model.activation_budget): the share of a block's activations that its compiled
+    backward may keep, between 0 (keep the fewest: recompute nearly the whole forward) and 1 (None:
+    inductor's default partition, which keeps what the backward reads). Inside it, AOTAutograd's
+    partitioner keeps the tensors that cost the most FLOPs to recompute per byte (products' outputs)
+    and recomputes the rest (norms, activations, softmax). The setting is torch's process-wide one, read
+    when a graph is first compiled (the first step, and any recompile): each call sets it, so a run in
+    the same process as another gets its own."""
     import torch._dynamo
+    import torch._functorch.config as functorch_config
+
+    functorch_config.activation_memory_budget = 1.0 if activation_budget is None else float(activation_budget)
 
     torch._dynamo.config.suppress_errors = True  # a block that cannot compile runs eagerly
     blocks = find_blocks(model)

@@ -11,7 +11,7 @@ from dianjing.data.templates import choose_template
 from dianjing.errors import ConfigError, DianjingError
 from dianjing.models.adapters import attach, count_params
 from dianjing.models.fused_lora import fold as fold_lora
-from dianjing.models.load import enable_checkpointing, load_model, random_model
+from dianjing.models.load import enable_checkpointing, load_model, random_model, uncheck_blocks
 from dianjing.run_folder import RunFolder
 from dianjing.train.compile import compile_blocks
 from dianjing.train.compile import decide as compile_decide
@@ -102,10 +102,29 @@ def prepare(ctx: Context, model) -> bool:
     if cfg.model.attn_implementation == "auto":
         attn = written_out_attention(model, compiled, ctx.precision.device, cfg.data.max_length, ctx.log)
         ctx.pin(cfg.model, "attn_implementation", attn)
+    budget = cfg.model.activation_budget
     if compiled:
-        compile_blocks(model)
+        if budget is not None:
+            selective_checkpointing(model, budget, cfg.model.gradient_checkpointing, ctx.log)
+        compile_blocks(model, budget)
+    elif budget is not None:
+        ctx.log(f"model.activation_budget: no effect ({why}): "
+                + ("whole blocks are recomputed" if cfg.model.gradient_checkpointing else "nothing is recomputed"))
     ctx.pin(cfg.train, "compile", "on" if compiled else "off")
     return compiled
+
+
+def selective_checkpointing(model, budget: float, whole_blocks: bool, log) -> None:
+    """model.activation_budget on compiled blocks: whole-block checkpointing off, the compiler's own within
+    the budget (compile_blocks sets it)."""
+    n = uncheck_blocks(model) if whole_blocks else 0
+    if whole_blocks and not n:
+        log("gradient checkpointing: whole blocks (this model's blocks cannot turn it off one by one), inside "
+            f"them the compiler keeps {budget:g} of the activations (model.activation_budget)")
+        return
+    log(f"gradient checkpointing: selective, by the compiler: each of the {n or 'compiled'} blocks keeps "
+        f"{budget:g} of the activations it would keep without checkpointing, those costing the most FLOPs "
+        "to recompute, and recomputes the rest (model.activation_budget)")
 
 
 def load_attention(setting: str) -> str:
