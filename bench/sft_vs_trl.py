@@ -290,6 +290,10 @@ def main() -> None:
                         print(p.stderr[-3000:])
                         raise SystemExit(f"{side} failed")
                     results[side].append(summarise(json.loads(line[-1][7:]), flops_tok, flops_sup, peak))
+                    if args.reps > 1:  # every round, so the spread between identical rounds is on record
+                        r = results[side][-1]
+                        print(f"    {r['tokens_per_s']:.1f} tokens/s, {r['s_per_step']:.2f} s/step, "
+                              f"peak {r['peak_rss_mb'] / 1024:.2f} GiB", flush=True)
         # a side that counted more than the cached peak says the peak is stale (a slow host's probe): measured again
         fastest = max(r["mfu"] for rs in results.values() for r in rs) * peak
         if fastest > peak:
