@@ -349,8 +349,9 @@ def build(ctx):
             if unchecked := enable_checkpointing(body, cfg.model.unchecked_blocks):
                 log(f"gradient checkpointing: on, except in the last {unchecked} blocks (model.unchecked_blocks)")
     if cfg.model.activation_budget is not None:
-        log("model.activation_budget: no effect (a specialist's blocks are not compiled): "
-            + ("whole blocks are recomputed" if cfg.model.gradient_checkpointing else "nothing is recomputed"))
+        from dianjing.train.compile import budget_unused
+
+        log(budget_unused("a specialist's blocks are not compiled", cfg.model.gradient_checkpointing))
     model.train()
     n_trainable, total = count_params(model)
     dtype = str(ctx.precision.dtype).split(".")[-1]

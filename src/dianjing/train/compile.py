@@ -69,6 +69,12 @@ def decide(setting: str, model, device: torch.device | None = None) -> tuple[boo
                   "train.compile: off to skip)")
 
 
+def budget_unused(why: str, whole_blocks: bool) -> str:
+    """The log line of a run with model.activation_budget whose blocks are not compiled: it cannot act."""
+    return (f"model.activation_budget: no effect ({why}): "
+            + ("whole blocks are recomputed" if whole_blocks else "nothing is recomputed"))
+
+
 def compile_blocks(model, activation_budget: float | None = None) -> int:
     """Compile every block in place (parameter names and the state dict do not change).
 

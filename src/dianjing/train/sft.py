@@ -13,7 +13,7 @@ from dianjing.models.adapters import attach, count_params
 from dianjing.models.fused_lora import fold as fold_lora
 from dianjing.models.load import enable_checkpointing, load_model, random_model, uncheck_blocks
 from dianjing.run_folder import RunFolder
-from dianjing.train.compile import compile_blocks
+from dianjing.train.compile import budget_unused, compile_blocks
 from dianjing.train.compile import decide as compile_decide
 from dianjing.train.loss import SFTLoss
 from dianjing.train.setup import Context, Setup, base_summary, trainable
@@ -108,8 +108,7 @@ def prepare(ctx: Context, model) -> bool:
             selective_checkpointing(model, budget, cfg.model.gradient_checkpointing, ctx.log)
         compile_blocks(model, budget)
     elif budget is not None:
-        ctx.log(f"model.activation_budget: no effect ({why}): "
-                + ("whole blocks are recomputed" if cfg.model.gradient_checkpointing else "nothing is recomputed"))
+        ctx.log(budget_unused(why, cfg.model.gradient_checkpointing))
     ctx.pin(cfg.train, "compile", "on" if compiled else "off")
     return compiled
 
