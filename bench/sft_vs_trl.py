@@ -2,6 +2,7 @@
 
     pip install -e '.[bench]'
     python bench/sft_vs_trl.py --model gemma-3-270m --workload alpaca --steps 5
+    python bench/sft_vs_trl.py --model smollm2-135m-instruct --write-data /tmp/w   # the examples alone, for step_budget.py
 
 Each side runs in its own process (so peak RSS is its own), alternating dianjing, TRL,
 dianjing, TRL, … for --reps rounds. Both see the same examples in the same order
@@ -77,15 +78,20 @@ def load_examples(workload: str, n: int, tokenizer, max_length: int) -> list[dic
     return out
 
 
+def write_messages(path: Path, examples: list[dict]) -> Path:
+    """The examples as the messages JSONL dianjing's side trains on (with data.template=plain)."""
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": e["user"]},
+                                                     {"role": "assistant", "content": e["assistant"]}]}) + "\n"
+                            for e in examples))
+    return path
+
+
 # ---------------------------------------------------------------------------- workers
 def run_dianjing(spec: dict) -> dict:
     from dianjing.config import load_config
     from dianjing.train.loop import Trainer
 
-    data = Path(spec["tmp"]) / "data.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": e["user"]},
-                                                     {"role": "assistant", "content": e["assistant"]}]}) + "\n"
-                            for e in spec["examples"]))
+    data = write_messages(Path(spec["tmp"]) / "data.jsonl", spec["examples"])
     run_dir = Path(spec["tmp"]) / f"dj-{time.time_ns()}"
     cfg = load_config(None, [
         f"model.name={spec['model_path']}", f"model.precision={spec['precision']}", f"data.files={data}",
@@ -229,6 +235,10 @@ def main() -> None:
                     help="environment for TRL's worker only, e.g. THP_MEM_ALLOC_ENABLE=1 (the 2 MB pages dianjing "
                          "asks for by default, train.huge_pages): TRL as it runs with the same variable")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--write-data", metavar="DIR", type=Path,
+                    help="write each workload's examples to DIR/WORKLOAD.jsonl (messages, the file dianjing's side "
+                         "trains on) and stop, e.g. for bench/step_budget.py --data DIR/longprompt.jsonl "
+                         "--template plain --set train.batching=sequential")
     ap.add_argument("--worker", nargs=2, metavar=("SIDE", "SPEC"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -269,6 +279,10 @@ def main() -> None:
         examples = load_examples(workload, args.batch_size * args.steps, tok, args.max_length)
         if len(examples) < args.batch_size * args.steps:
             raise SystemExit(f"{workload}: only {len(examples)} examples fit in {args.max_length} tokens")
+        if args.write_data:
+            args.write_data.mkdir(parents=True, exist_ok=True)
+            print(f"{workload}: {len(examples)} examples -> {write_messages(args.write_data / f'{workload}.jsonl', examples)}")
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             spec = {"model_path": model_path, "examples": examples, "steps": args.steps,
                     "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr,
