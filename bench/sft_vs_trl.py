@@ -250,6 +250,13 @@ def main() -> None:
     from dianjing.models.load import resolve_model
     from dianjing.peak import matmul_peak, recheck
 
+    if args.write_data:  # the examples alone: no peak, no model
+        tok = AutoTokenizer.from_pretrained(resolve_model(args.model, log=print))
+        args.write_data.mkdir(parents=True, exist_ok=True)
+        for workload in args.workload:
+            examples = load_examples(workload, args.batch_size * args.steps, tok, args.max_length)
+            print(f"{workload}: {len(examples)} examples -> {write_messages(args.write_data / f'{workload}.jsonl', examples)}")
+        return None
     torch.set_num_threads(args.threads)
     # the honest peak: the best of the models' own F.linear shapes and a few squares, cached per machine
     cpu = torch.device("cpu")
@@ -279,10 +286,6 @@ def main() -> None:
         examples = load_examples(workload, args.batch_size * args.steps, tok, args.max_length)
         if len(examples) < args.batch_size * args.steps:
             raise SystemExit(f"{workload}: only {len(examples)} examples fit in {args.max_length} tokens")
-        if args.write_data:
-            args.write_data.mkdir(parents=True, exist_ok=True)
-            print(f"{workload}: {len(examples)} examples -> {write_messages(args.write_data / f'{workload}.jsonl', examples)}")
-            continue
         with tempfile.TemporaryDirectory() as tmp:
             spec = {"model_path": model_path, "examples": examples, "steps": args.steps,
                     "batch_size": args.batch_size, "max_length": args.max_length, "lr": args.lr,
