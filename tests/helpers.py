@@ -3,16 +3,31 @@ and where the shared data sets live. Fixtures (tiny models, tokenizers, data fil
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from dianjing.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 # the data sets shared between checkouts (../shared/data next to the repository); tests that need one skip without it
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+
+def load_script(relpath: str) -> ModuleType:
+    """A script of the repository that is not a package module (bench/…, scripts/…), imported by path. It is
+    registered in sys.modules under its file name, as dataclasses defined in it need."""
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
 
 # a quick, deterministic tiny run: big enough steps to learn in a few dozen, one thread, a small eval split
 FAST = ("train.batch_size=4", "train.lr=5e-3", "train.warmup_ratio=0", "train.threads=1", "data.eval_fraction=0.1")

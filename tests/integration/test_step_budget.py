@@ -3,21 +3,16 @@ hand-made profiler events)."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def sb():
-    spec = importlib.util.spec_from_file_location("step_budget", ROOT / "bench" / "step_budget.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/step_budget.py")
 
 
 def test_budget_of_a_tiny_run(sb, tiny_llama, alpaca_file, tmp_path):

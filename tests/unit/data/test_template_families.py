@@ -7,8 +7,6 @@ is prompted with; nothing is refused; docs/templates.md is what scripts/gen_temp
 The expected text of each supervised turn is written out below by hand from the templates, not derived from
 the code under test."""
 
-import importlib.util
-import sys
 from collections import Counter
 
 import pytest
@@ -18,18 +16,14 @@ from dianjing.data.render import RenderStats, render, render_all
 from dianjing.data.schema import Conversation, Message
 from dianjing.data.templates import choose_template
 from dianjing.infer.generate import prompt_ids
-from tests.helpers import REPO, SHARED_DATA
+from tests.helpers import REPO, SHARED_DATA, load_script
 
 TEMPLATES = SHARED_DATA / "templates"
 pytestmark = pytest.mark.skipif(not TEMPLATES.is_dir(), reason="the shared chat templates are not on this machine")
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("gen_template_docs", REPO / "scripts" / "gen_template_docs.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/gen_template_docs.py")  # registered in sys.modules: its dataclasses need it
 
 
 GEN = _generator()
