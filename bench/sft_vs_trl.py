@@ -250,8 +250,9 @@ def main() -> None:
     from dianjing.models.load import resolve_model
     from dianjing.peak import matmul_peak, recheck
 
+    model_path = resolve_model(args.model, log=print)
+    tok = AutoTokenizer.from_pretrained(model_path)
     if args.write_data:  # the examples alone: no peak, no model
-        tok = AutoTokenizer.from_pretrained(resolve_model(args.model, log=print))
         args.write_data.mkdir(parents=True, exist_ok=True)
         for workload in args.workload:
             examples = load_examples(workload, args.batch_size * args.steps, tok, args.max_length)
@@ -269,8 +270,6 @@ def main() -> None:
     print(f"matmul peak on this machine ({p16.device}, {args.threads} threads): fp32 {peak32:.0f} GFLOP/s at {p32.label} "
           f"({p32.family}), bf16 {peak16:.0f} GFLOP/s at {p16.label} ({p16.family}), tokens x in x out"
           f"{', from the cache' if used.cached else ''}; MFU below is against the {args.precision} peak")
-    model_path = resolve_model(args.model, log=print)
-    tok = AutoTokenizer.from_pretrained(model_path)
     cfg = AutoConfig.from_pretrained(model_path)
     from transformers import AutoModelForCausalLM
 
