@@ -243,6 +243,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(*args.worker)
+    if args.steps < 2:
+        ap.error("--steps must be at least 2: speed is timed from the end of the first step (it compiles)")
 
     import torch
     from transformers import AutoConfig, AutoTokenizer
